@@ -1,0 +1,1 @@
+"""Adapters that read public datasets in their native on-disk layouts. Importing this package registers them."""

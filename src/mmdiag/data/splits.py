@@ -1,0 +1,63 @@
+"""Train/validation/test splits: the official one when a dataset has it, else patient-grouped stratified k-fold."""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.model_selection import StratifiedGroupKFold
+
+from mmdiag.data.table import CaseTable
+from mmdiag.errors import DataError
+
+__all__ = ["Split", "make_split", "stratify_labels"]
+
+Split = dict[str, list[int]]  # {"train": [...], "val": [...], "test": [...]} of case indices
+
+
+def stratify_labels(table: CaseTable) -> np.ndarray:
+    """One stratum per case from the main task: the class, or the label combination for multi-label tasks."""
+    task = table.spec.main_task
+    y = table.label_matrix(task)
+    if y.ndim == 2:
+        y = np.nan_to_num(y, nan=0.0).astype(int) @ (1 << np.arange(y.shape[1]))
+    return y.astype(int)
+
+
+def _group_split(idx: np.ndarray, strata: np.ndarray, groups: np.ndarray, n_splits: int, which: int, seed: int):
+    """Split ``idx`` into (rest, held-out fold ``which`` of ``n_splits``), stratified and grouped."""
+    n_groups = len(np.unique(groups[idx]))
+    if n_groups < n_splits:
+        raise DataError(f"only {n_groups} patients to split into {n_splits} folds; use fewer folds")
+    skf = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    rest, held = list(skf.split(idx, strata[idx], groups[idx]))[which]
+    return idx[rest], idx[held]
+
+
+def make_split(table: CaseTable, kind: str, *, folds: int = 5, fold: int = 0, val_fraction: float = 0.2,
+               seed: int = 0) -> Split:
+    """Case indices per split. No patient appears in two splits.
+
+    Args:
+        kind: ``official`` (the dataset's own split; a missing val split is carved from train), ``kfold`` (test =
+            fold ``fold`` of ``folds``, stratified on the main task and grouped by patient), or ``auto``.
+        val_fraction: share of the remaining patients held out for validation.
+        seed: the split seed, saved with the run.
+
+    Raises:
+        DataError: ``official`` was asked of a dataset without one.
+    """
+    if kind == "auto":
+        kind = "official" if table.official_split else "kfold"
+    strata = stratify_labels(table)
+    groups = np.array([c.patient_id for c in table.cases])
+    val_splits = max(2, round(1 / val_fraction))
+    if kind == "official":
+        if not table.official_split:
+            raise DataError(f"dataset {table.spec.name!r} has no official split; use data.split.kind=kfold")
+        by = {s: [i for i, c in enumerate(table.cases) if c.split == s] for s in ("train", "val", "test")}
+        if not by["val"]:
+            train, val = _group_split(np.array(by["train"]), strata, groups, val_splits, 0, seed)
+            by["train"], by["val"] = train.tolist(), val.tolist()
+        return {k: sorted(v) for k, v in by.items()}
+    rest, test = _group_split(np.arange(len(table)), strata, groups, folds, fold, seed)
+    train, val = _group_split(rest, strata, groups, val_splits, 0, seed + 1)
+    return {"train": sorted(train.tolist()), "val": sorted(val.tolist()), "test": sorted(test.tolist())}

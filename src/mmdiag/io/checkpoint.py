@@ -1,0 +1,102 @@
+"""Model weights: safetensors or ``torch.load(weights_only=True)`` in, safetensors out; strict loading."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save
+
+from mmdiag.errors import CheckpointError
+from mmdiag.io.atomic import atomic_write_bytes
+
+__all__ = ["load_state_dict_file", "load_checkpoint", "save_weights"]
+
+_log = logging.getLogger(__name__)
+_WRAPPER_KEYS = ("state_dict", "model", "module", "state_dict_ema", "model_ema")
+
+
+def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read a state dict from ``.safetensors`` or a PyTorch file, never unpickling arbitrary objects.
+
+    Common wrappers (``{"model": ...}``, ``{"state_dict": ...}``) are unwrapped.
+
+    Raises:
+        CheckpointError: the file is missing, unreadable, or holds no tensors.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint file {str(path)!r} does not exist")
+    try:
+        if path.suffix == ".safetensors":
+            obj = load_file(str(path))
+        else:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - report any reader failure with the file name
+        raise CheckpointError(f"cannot read checkpoint {str(path)!r}: {e}") from e
+    while isinstance(obj, Mapping):
+        inner = next((obj[k] for k in _WRAPPER_KEYS if k in obj and isinstance(obj[k], Mapping)), None)
+        if inner is None:
+            break
+        obj = inner
+    if not isinstance(obj, Mapping) or not any(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"checkpoint {str(path)!r} holds no state dict of tensors")
+    return {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+
+
+def load_checkpoint(model: torch.nn.Module, path: str | os.PathLike) -> torch.nn.Module:
+    """Load weights into ``model`` strictly, converting a foreign layout first.
+
+    A model may define ``checkpoint_filter_fn(state_dict, model) -> state_dict`` (recognising official layouts by a
+    sentinel key) and ``classifier_name`` (the head's prefix): head tensors whose shape differs from the model's are
+    dropped with a log line (the head stays freshly initialised); every other mismatch is an error.
+
+    Raises:
+        CheckpointError: listing missing, unexpected and wrong-shape keys, and the file.
+    """
+    state = load_state_dict_file(path)
+    filter_fn = getattr(model, "checkpoint_filter_fn", None)
+    if filter_fn is not None:
+        state = filter_fn(state, model)
+    own = model.state_dict()
+    head = getattr(model, "classifier_name", None)
+    if head:
+        dropped = [k for k in state if k.startswith(head + ".") and k in own and state[k].shape != own[k].shape]
+        if dropped:
+            _log.info("checkpoint %s: classifier %r has another number of classes; re-initialised", path, head)
+            state.update({k: own[k] for k in dropped})
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if missing or unexpected or wrong:
+        parts = [f"checkpoint {str(path)!r} does not fit {type(model).__name__}:"]
+        if missing:
+            parts.append(f"missing keys ({len(missing)}): {_short(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys ({len(unexpected)}): {_short(unexpected)}")
+        if wrong:
+            parts.append("wrong shapes: " + _short([f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+                                                     for k in wrong]))
+        raise CheckpointError("\n  ".join(parts))
+    model.load_state_dict(state, strict=True)
+    return model
+
+
+def save_weights(model_or_state: torch.nn.Module | Mapping[str, torch.Tensor], path: str | os.PathLike,
+                 metadata: Mapping[str, str] | None = None) -> None:
+    """Write weights as safetensors, atomically. Shared tensors are cloned so safetensors accepts them."""
+    state = model_or_state.state_dict() if isinstance(model_or_state, torch.nn.Module) else model_or_state
+    seen: set[int] = set()
+    clean = {}
+    for k, v in state.items():
+        ptr = v.untyped_storage().data_ptr() if v.numel() else -1
+        clean[k] = v.detach().clone().contiguous() if ptr in seen else v.detach().contiguous()
+        seen.add(ptr)
+    atomic_write_bytes(path, save(clean, metadata=dict(metadata or {})))
+
+
+def _short(items: list[str], n: int = 12) -> str:
+    return ", ".join(items[:n]) + (f", ... (+{len(items) - n} more)" if len(items) > n else "")
