@@ -112,15 +112,20 @@ def load_manifest_dataset(path: str | os.PathLike) -> CaseTable:
     return table_from_frame(df, desc, root, source=str(csv))
 
 
-def table_from_frame(df: pd.DataFrame, desc: ManifestDataset, root: Path, *, source: str) -> CaseTable:
-    """Build the :class:`CaseTable` of a manifest already read into a data frame (all cells as strings)."""
+def table_from_frame(df: pd.DataFrame, desc: ManifestDataset, root: Path, *, source: str,
+                     labels_required: bool = True) -> CaseTable:
+    """Build the :class:`CaseTable` of a manifest already read into a data frame (all cells as strings).
+
+    With ``labels_required=False`` (prediction), a task without a column has unknown labels.
+    """
     needed = {desc.case_id_column}
     for name, m in desc.modalities.items():
         if isinstance(m, TabularModality):
             needed |= {f.column or f_name for f_name, f in m.fields.items()}
         else:
             needed.add(m.column or name)
-    needed |= {t.column or name for name, t in desc.tasks.items()}
+    if labels_required:
+        needed |= {t.column or name for name, t in desc.tasks.items()}
     absent = sorted(c for c in needed if c not in df.columns)
     if absent:
         raise DataError(f"manifest {source!r} lacks column(s) {absent}; it has {list(df.columns)}", path=source)
@@ -141,7 +146,7 @@ def table_from_frame(df: pd.DataFrame, desc: ManifestDataset, root: Path, *, sou
             else:
                 cell = row[m.column or name]
                 inputs[name] = None if _blank(cell) else str(root / cell)
-        labels = {t: encode_label(t, task, row[task.column or t], case_id=cid, sep=desc.multilabel_separator)
+        labels = {t: encode_label(t, task, row.get(task.column or t), case_id=cid, sep=desc.multilabel_separator)
                   for t, task in desc.tasks.items()}
         split = None
         if has_split and not _blank(row[desc.split_column]):

@@ -3,8 +3,8 @@
 Construction (deterministic by ``seed``). Each case draws three independent fair bits ``u, v, w`` and its label is
 ``y = 4u + 2v + w`` (8 classes, uniform). Each modality shows exactly one bit, buried in nuisance variation:
 
-* ``clinical`` (2D RGB): a bright disk in the left (u = 0) or right (u = 1) half, at a random height and radius, on a
-  random tinted, noisy background.
+* ``clinical`` (2D RGB): a bright lesion, a filled disk (u = 0) or a ring (u = 1), at a random position and radius,
+  on a random tinted, noisy background. (Shape rather than position: pooled CNN features are position-blind.)
 * ``dermoscopy`` (2D RGB): a sinusoidal stripe texture, vertical (v = 0) or horizontal (v = 1), random frequency,
   phase, ±15° tilt, tint and noise.
 * ``record`` (tabular): ``marker`` ~ N(2w − 1, 0.35) carries w; ``age`` (numeric), ``sex`` and ``site``
@@ -37,16 +37,17 @@ CLASSES = tuple(f"u{u}v{v}w{w}" for u in (0, 1) for v in (0, 1) for w in (0, 1))
 MODALITIES = ("clinical", "dermoscopy", "record", "ct")
 
 
-def _disk_images(rng: np.random.Generator, u: np.ndarray, s: int) -> np.ndarray:
+def _lesion_images(rng: np.random.Generator, u: np.ndarray, s: int) -> np.ndarray:
     n = len(u)
     yy, xx = np.mgrid[0:s, 0:s].astype(np.float32) / s
-    cx = np.where(u == 1, rng.uniform(0.6, 0.85, n), rng.uniform(0.15, 0.4, n))[:, None, None]
-    cy = rng.uniform(0.15, 0.85, n)[:, None, None]
-    r = rng.uniform(0.08, 0.15, n)[:, None, None]
-    disk = (((xx - cx) ** 2 + (yy - cy) ** 2) < r**2).astype(np.float32)[:, None]
+    cx, cy = (rng.uniform(0.3, 0.7, n)[:, None, None] for _ in range(2))
+    r = rng.uniform(0.14, 0.24, n)[:, None, None]
+    d2 = (xx - cx) ** 2 + (yy - cy) ** 2
+    hole = np.where(u == 1, 0.55, 0.0)[:, None, None] * r
+    lesion = ((d2 < r**2) & (d2 >= hole**2)).astype(np.float32)[:, None]
     bg = rng.uniform(0.2, 0.5, (n, 3, 1, 1))
     fg = rng.uniform(0.7, 1.0, (n, 3, 1, 1))
-    img = bg * (1 - disk) + fg * disk + rng.normal(0, 0.08, (n, 3, s, s))
+    img = bg * (1 - lesion) + fg * lesion + rng.normal(0, 0.08, (n, 3, s, s))
     return np.clip(img, 0, 1).astype(np.float32)
 
 
@@ -97,7 +98,7 @@ def synthetic(n_cases: int = 800, image_size: int = 32, seed: int = 0, with_volu
     rng = np.random.default_rng(seed)
     u, v, w = (rng.integers(0, 2, n_cases) for _ in range(3))
     y = 4 * u + 2 * v + w
-    images = {"clinical": _disk_images(rng, u, image_size), "dermoscopy": _stripe_images(rng, v, image_size)}
+    images = {"clinical": _lesion_images(rng, u, image_size), "dermoscopy": _stripe_images(rng, v, image_size)}
     marker = rng.normal(2 * w - 1, 0.35)
     age = rng.normal(55, 15, n_cases).round(0)
     sex = rng.choice(["female", "male"], n_cases)
@@ -123,7 +124,7 @@ def synthetic(n_cases: int = 800, image_size: int = 32, seed: int = 0, with_volu
         modalities["ct"] = VolumeModality(channels=1, size=volume_size)
     tasks = {"diagnosis": TaskSpec(type="multiclass", classes=CLASSES)}
     if multitask:
-        tasks["findings"] = TaskSpec(type="multilabel", classes=("disk_right", "stripes_horizontal", "marker_high"))
+        tasks["findings"] = TaskSpec(type="multilabel", classes=("ring_lesion", "stripes_horizontal", "marker_high"))
     spec = DatasetSpec(name="synthetic", modalities=modalities, tasks=tasks, primary_task="diagnosis")
 
     cases = []

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from mmdiag.data.schema import ImageModality, Modality, TabularModality
+from mmdiag.errors import UnknownNameError
 from mmdiag.models.backbones.conv_encoders import CONV_BACKBONES, ConvEncoder
 from mmdiag.models.tabular.mlp import TabularMLP
 
@@ -39,7 +40,7 @@ class ModalityEncoder(nn.Module):
 
 
 def build_encoder(modality: Modality, backbone: str = "small_cnn", tabular_hidden: tuple[int, ...] = (64, 64),
-                  **backbone_kwargs: Any) -> ModalityEncoder:
+                  tabular_dropout: float = 0.1, **backbone_kwargs: Any) -> ModalityEncoder:
     """An encoder for one modality.
 
     Args:
@@ -47,16 +48,19 @@ def build_encoder(modality: Modality, backbone: str = "small_cnn", tabular_hidde
         backbone: for images/volumes, a convolutional backbone (``small_cnn``, ``resnet18``, ``densenet121``, ...)
             or, for 2D images, any registered model name (built with ``num_classes=0``).
         tabular_hidden: hidden widths of the tabular MLP.
+        tabular_dropout: dropout inside the tabular MLP.
         **backbone_kwargs: extra options of the backbone.
     """
     if isinstance(modality, TabularModality):
-        mlp = TabularMLP(modality.width, hidden=tuple(tabular_hidden))
+        mlp = TabularMLP(modality.width, hidden=tuple(tabular_hidden), drop_rate=tabular_dropout)
         return ModalityEncoder(mlp, mlp.num_features, "tabular")
     dims = 2 if isinstance(modality, ImageModality) else 3
     if backbone in CONV_BACKBONES:
         enc = ConvEncoder(backbone, spatial_dims=dims, in_chans=modality.channels, **backbone_kwargs)
         return ModalityEncoder(enc, enc.num_features, modality.kind)
-    from mmdiag.models._factory import create_model
+    from mmdiag.models._factory import create_model, list_models
 
+    if backbone not in list_models(include_hidden=True):
+        raise UnknownNameError("backbone", backbone, [*CONV_BACKBONES, *list_models()], "mmdiag models")
     net = create_model(backbone, num_classes=0, in_chans=modality.channels, **backbone_kwargs)
     return ModalityEncoder(net, net.num_features, modality.kind)

@@ -1,0 +1,163 @@
+"""``mmdiag`` command line: one thin function per verb; the work lives in the library."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from mmdiag.errors import MmdiagError
+
+__all__ = ["main", "build_parser"]
+
+
+def _train(args: argparse.Namespace) -> int:
+    from mmdiag.config import load_config
+    from mmdiag.training.run import train
+
+    cfg = load_config(args.config, args.overrides)
+    result = train(cfg, args.output, resume=args.resume)
+    if result.metrics:
+        _print_metrics(result.metrics)
+        print(f"report: {result.run_dir / 'report.md'}")
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from mmdiag.training.run import evaluate_run
+
+    _print_metrics(evaluate_run(args.run, args.split))
+    print(f"report: {Path(args.run) / 'report.md'}")
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from mmdiag.evaluation.infer import predict_cases
+
+    out = predict_cases(args.run, manifest=args.manifest, case=args.input, output=args.output)
+    print(out if isinstance(out, str) else json.dumps(out, indent=2))
+    return 0
+
+
+def _cv(args: argparse.Namespace) -> int:
+    from mmdiag.config import load_config
+    from mmdiag.evaluation.cv import compare_cv, run_cv
+    from mmdiag.training.run import run_dir_for
+
+    cfg = load_config(args.config, args.overrides)
+    out_dir = Path(args.output) if args.output else run_dir_for(cfg)
+    result = run_cv(cfg, out_dir, args.folds)
+    for key, s in result["summary"].items():
+        if key.startswith("mean/"):
+            print(f"{key:24s} {s['mean']:.4f} ± {s['std']:.4f}")
+    if args.against:
+        for key, t in compare_cv(out_dir, args.against).items():
+            print(f"paired t-test {key}: {t['mean_a']:.4f} vs {t['mean_b']:.4f}, t = {t['t']:.3f}, p = {t['p']:.4f}")
+    print(f"report: {out_dir / 'cv_report.md'}")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from mmdiag.evaluation.demo import run_demo
+
+    run_demo(args.output, epochs=args.epochs, n_cases=args.n_cases)
+    return 0
+
+
+def _models(args: argparse.Namespace) -> int:
+    import inspect
+
+    from mmdiag.models import list_models
+    from mmdiag.registry import MODELS
+
+    for name in list_models(args.pattern, include_hidden=args.all):
+        doc = (inspect.getdoc(MODELS.get(name)) or "").splitlines()
+        print(f"{name:24s} {doc[0] if doc else ''}")
+    return 0
+
+
+def _datasets(args: argparse.Namespace) -> int:
+    from mmdiag.data.sources import list_datasets
+
+    for name, doc in list_datasets():
+        print(f"{name:24s} {doc}")
+    return 0
+
+
+def _print_metrics(metrics: dict) -> None:
+    from mmdiag.evaluation.report import fmt
+
+    for task, m in metrics["tasks"].items():
+        print(f"{task}: " + ", ".join(f"{k} {fmt(m[k])}" for k in ("acc", "balanced_acc", "auc", "f1", "map")))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mmdiag", description="Multimodal medical-image disease classification.")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="verb", required=True)
+
+    t = sub.add_parser("train", help="train one experiment, then report on its test split")
+    t.add_argument("--config", help="experiment YAML (default: built-in defaults)")
+    t.add_argument("--output", help="run folder (default: output_dir/name)")
+    t.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
+    t.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.lr=1e-4 data.batch_size=64")
+    t.set_defaults(fn=_train)
+
+    e = sub.add_parser("eval", help="re-evaluate a finished run and rewrite its report")
+    e.add_argument("--run", required=True, help="run folder")
+    e.add_argument("--split", default="test", choices=["train", "val", "test"])
+    e.set_defaults(fn=_eval)
+
+    pr = sub.add_parser("predict", help="probabilities for one case or a manifest, from a finished run")
+    pr.add_argument("--run", required=True, help="run folder")
+    src = pr.add_mutually_exclusive_group(required=True)
+    src.add_argument("--manifest", help="dataset.yaml of the cases to predict (label columns may be empty)")
+    src.add_argument("--input", action="append", metavar="MODALITY=PATH|FIELD=VALUE",
+                     help="one case: an image/volume path per modality, record fields as modality.field=value")
+    pr.add_argument("--output", help="CSV to write (manifest mode; default: print)")
+    pr.set_defaults(fn=_predict)
+
+    c = sub.add_parser("cv", help="k-fold cross-validation (patient-grouped), mean ± std over folds")
+    c.add_argument("--config")
+    c.add_argument("--output", help="folder of the fold runs")
+    c.add_argument("--folds", type=int, help="k (default: data.split.folds)")
+    c.add_argument("--against", help="another cv folder: paired t-tests of the fold scores")
+    c.add_argument("overrides", nargs="*")
+    c.set_defaults(fn=_cv)
+
+    d = sub.add_parser("demo", help="baselines vs fusion on the built-in synthetic data, with a comparison table")
+    d.add_argument("--output", default="runs/demo")
+    d.add_argument("--epochs", type=int, default=8)
+    d.add_argument("--n-cases", type=int, default=800)
+    d.set_defaults(fn=_demo)
+
+    m = sub.add_parser("models", help="list registered models")
+    m.add_argument("pattern", nargs="?", default="*", help="shell pattern, e.g. 'medmamba*'")
+    m.add_argument("--all", action="store_true", help="include hidden tiny_* test variants")
+    m.set_defaults(fn=_models)
+
+    ds = sub.add_parser("datasets", help="list registered datasets")
+    ds.set_defaults(fn=_datasets)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)  # key=value overrides may stand between the options
+    overrides = [e for e in extra if "=" in e and not e.startswith("-")]
+    if len(overrides) != len(extra) or (overrides and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if overrides:
+        args.overrides = [*args.overrides, *overrides]
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.fn(args)
+    except MmdiagError as e:
+        print(f"mmdiag {args.verb}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,111 @@
+"""Prediction with a finished run: one case given on the command line, or a CSV manifest of cases.
+
+Only the run folder is needed (its ``config.yaml``, ``dataset_spec.json``, ``splits.json`` with the fitted tabular
+encoders, and ``model.safetensors``), not the training data.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader
+
+from mmdiag.config.load import load_config
+from mmdiag.data.dataset import CaseDataset, collate_cases
+from mmdiag.data.manifest import ManifestDataset, table_from_frame
+from mmdiag.data.schema import DatasetSpec, TabularModality
+from mmdiag.data.tabular import TabularEncoder
+from mmdiag.data.transforms import BatchTransform
+from mmdiag.errors import ConfigError, DataError
+from mmdiag.evaluation.predict import predict_loader
+from mmdiag.evaluation.report import write_predictions_csv
+from mmdiag.io.checkpoint import load_checkpoint
+from mmdiag.models._builder import build_for_dataset
+
+__all__ = ["Predictor", "predict_cases"]
+
+
+class Predictor:
+    """A trained model with everything needed to encode new cases exactly as in training."""
+
+    def __init__(self, run_dir: str | Path):
+        run_dir = Path(run_dir)
+        needed = ["config.yaml", "dataset_spec.json", "splits.json", "model.safetensors"]
+        absent = [n for n in needed if not (run_dir / n).is_file()]
+        if absent:
+            raise ConfigError(f"{str(run_dir)!r} is not a finished run folder: missing {absent}")
+        self.cfg = load_config(run_dir / "config.yaml")
+        self.spec = DatasetSpec.model_validate_json((run_dir / "dataset_spec.json").read_text())
+        stats = json.loads((run_dir / "splits.json").read_text())["encoders"]
+        self.encoders = {m: TabularEncoder(self.spec.modalities[m], {k: tuple(v) for k, v in stats.get(m, {}).items()})
+                         for m in self.spec.of_kind("tabular")}
+        self.model = build_for_dataset(self.spec, self.cfg.model.name, self.cfg.model.options,
+                                       peft=self.cfg.model.peft, peft_options=self.cfg.model.peft_options)
+        load_checkpoint(self.model, run_dir / "model.safetensors")
+        self.transform = BatchTransform(self.spec)
+
+    def predict_frame(self, df: pd.DataFrame, root: Path, source: str):
+        """Predictions for the cases of a data frame whose columns follow the run's modalities (paths and fields)."""
+        if "case_id" not in df.columns:
+            df = df.assign(case_id=[f"case{i}" for i in range(len(df))])
+        desc = ManifestDataset(name=self.spec.name, modalities=self.spec.modalities, tasks=self.spec.tasks,
+                               manifest=source, patient_id_column=None, split_column=None)
+        table = table_from_frame(df, desc, root, source=source, labels_required=False)
+        ds = CaseDataset(table, range(len(table)), self.encoders)
+        loader = DataLoader(ds, batch_size=self.cfg.data.eval_batch_size or self.cfg.data.batch_size,
+                            collate_fn=collate_cases)
+        return predict_loader(self.model, self.spec, loader, self.transform,
+                              "cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _case_frame(spec: DatasetSpec, items: list[str]) -> pd.DataFrame:
+    row: dict[str, str] = {"case_id": "case"}
+    for item in items:
+        if "=" not in item:
+            raise DataError(f"--input {item!r} is not MODALITY=PATH or MODALITY.FIELD=VALUE")
+        key, value = item.split("=", 1)
+        name = key.split(".", 1)[0]
+        if name not in spec.modalities:
+            raise DataError(f"--input {key!r}: the run has modalities {list(spec.modalities)}")
+        m = spec.modalities[name]
+        if isinstance(m, TabularModality):
+            field = key.split(".", 1)[1] if "." in key else ""
+            if field not in m.fields:
+                raise DataError(f"--input {key!r}: record {name!r} has fields {list(m.fields)}")
+            row[m.fields[field].column or field] = value
+        else:
+            row[m.column or name] = value
+    for name, m in spec.modalities.items():  # anything not given is missing
+        if isinstance(m, TabularModality):
+            for f_name, f in m.fields.items():
+                row.setdefault(f.column or f_name, "")
+        else:
+            row.setdefault(m.column or name, "")
+    return pd.DataFrame([row])
+
+
+def predict_cases(run_dir: str | Path, manifest: str | None = None, case: list[str] | None = None,
+                  output: str | None = None) -> dict[str, Any] | str:
+    """Probabilities for one case (``case``: ``MODALITY=PATH`` / ``MODALITY.FIELD=VALUE`` items) or a CSV manifest.
+
+    Returns:
+        For one case, ``{task: {class: probability}}``; for a manifest, the path of the written CSV (or its text).
+    """
+    predictor = Predictor(run_dir)
+    spec = predictor.spec
+    if case is not None:
+        preds = predictor.predict_frame(_case_frame(spec, case), Path.cwd(), "<command line>")
+        return {t: {c: round(float(p), 6) for c, p in zip(spec.tasks[t].classes, preds.y_prob[t][0])}
+                for t in spec.tasks}
+    path = Path(manifest)
+    if not path.is_file():
+        raise DataError(f"manifest {str(path)!r} does not exist", path=str(path))
+    df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    preds = predictor.predict_frame(df, path.parent, str(path))
+    out = Path(output) if output else Path(run_dir) / f"predictions_{path.stem}.csv"
+    write_predictions_csv(spec, preds, out, split="predict")
+    return str(out)

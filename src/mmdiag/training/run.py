@@ -1,0 +1,224 @@
+"""One training run, end to end: data → model → Lightning fit → best weights → test report.
+
+A run folder holds::
+
+    config.yaml          the resolved experiment config
+    splits.json          case ids per split, and the tabular encoders' fitted statistics
+    checkpoints/         last.ckpt and best.ckpt (safetensors + JSON run state; see checkpoint_io)
+    model.safetensors    the best weights alone (loadable with create_model(..., checkpoint=...))
+    run_state.json       status, epochs, best score, timings
+    logs/csv, logs/tb    CSV and TensorBoard logs
+    report.md, metrics.json, predictions.csv, plots/
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import yaml
+from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+from mmdiag.config.schema import ExperimentConfig
+from mmdiag.data.datamodule import MultimodalDataModule
+from mmdiag.data.sources import load_table
+from mmdiag.data.transforms import BatchTransform, build_image_augment
+from mmdiag.errors import ConfigError
+from mmdiag.evaluation.predict import predict_loader
+from mmdiag.evaluation.report import evaluate_predictions, write_report
+from mmdiag.io.atomic import atomic_write_text
+from mmdiag.io.checkpoint import save_weights
+from mmdiag.models._builder import build_for_dataset
+from mmdiag.training.checkpoint_io import SafetensorsCheckpointIO, read_checkpoint
+from mmdiag.training.losses import MultiTaskLoss, balanced_class_weights
+from mmdiag.training.system import MultimodalSystem
+
+__all__ = ["RunResult", "train", "evaluate_run", "run_dir_for"]
+
+_log = logging.getLogger(__name__)
+# Lightning's notices that do not apply here: the batch transform lives in the system by design, tips, deprecations.
+warnings.filterwarnings("ignore", message=".*overridden `on_after_batch_transfer`.*")
+warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
+warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(lambda r: "Tip" not in r.getMessage())
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    metrics: dict[str, Any]
+    summary: dict[str, Any]
+
+
+def run_dir_for(cfg: ExperimentConfig) -> Path:
+    return Path(cfg.output_dir) / cfg.name
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, default=str))
+
+
+def _datamodule(cfg: ExperimentConfig, run_dir: Path | None = None) -> MultimodalDataModule:
+    table = load_table(cfg.data.dataset, cfg.data.root, cfg.data.options)
+    split = encoders = None
+    if run_dir is not None and (run_dir / "splits.json").is_file():
+        saved = json.loads((run_dir / "splits.json").read_text())
+        pos = {c.case_id: i for i, c in enumerate(table.cases)}
+        split = {k: [pos[c] for c in ids if c in pos] for k, ids in saved["split"].items()}
+        encoders = saved["encoders"]
+    return MultimodalDataModule(table, cfg.data, seed=cfg.seed, split=split, encoder_state=encoders)
+
+
+def _loss(cfg: ExperimentConfig, dm: MultimodalDataModule) -> MultiTaskLoss:
+    unknown = [t for t in cfg.loss.task_weights if t not in dm.spec.tasks]
+    if unknown:
+        raise ConfigError(f"loss.task_weights names task(s) {unknown}; tasks: {list(dm.spec.tasks)}")
+    weights = None
+    if cfg.loss.class_weights == "balanced":
+        train = dm.split["train"]
+        weights = {t: balanced_class_weights(task, dm.table.label_matrix(t)[train]) for t, task in dm.spec.tasks.items()}
+    return MultiTaskLoss(dm.spec.tasks, cfg.loss.task_weights, weights, cfg.loss.label_smoothing)
+
+
+def _merge_logs(earlier: Path, current: Path) -> None:
+    """Put the rows logged before a crash back in front of the resumed run's rows (those of steps the resumed run
+    repeated are dropped), then remove the set-aside file."""
+    import pandas as pd
+
+    old = pd.read_csv(earlier)
+    if current.is_file():
+        new = pd.read_csv(current)
+        old = pd.concat([old[old["step"] < new["step"].min()], new], ignore_index=True)
+    atomic_write_text(current, old.to_csv(index=False))
+    earlier.unlink()
+
+
+def _count(model: torch.nn.Module) -> tuple[int, int]:
+    total = sum(p.numel() for p in model.parameters())
+    return total, sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def train(cfg: ExperimentConfig, run_dir: str | Path | None = None, resume: bool = False,
+          callbacks: list[L.Callback] | None = None) -> RunResult:
+    """Train ``cfg`` into ``run_dir`` (default ``output_dir/name``), then evaluate the best weights on the test split.
+
+    Args:
+        resume: continue from ``checkpoints/last.ckpt`` of an interrupted run with the same config.
+        callbacks: extra Lightning callbacks.
+
+    Raises:
+        ConfigError: the run folder already holds a run and ``resume`` is False, or ``resume`` finds no checkpoint.
+    """
+    run_dir = Path(run_dir) if run_dir is not None else run_dir_for(cfg)
+    ckpt_dir = run_dir / "checkpoints"
+    last = ckpt_dir / "last.ckpt"
+    if resume and not last.is_file():
+        raise ConfigError(f"--resume: no checkpoint at {last}")
+    if not resume and ckpt_dir.exists() and any(ckpt_dir.iterdir()):
+        raise ConfigError(f"run folder {str(run_dir)!r} already holds a run; pass --resume to continue it or choose "
+                          f"another name/output")
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    dm = _datamodule(cfg, run_dir if resume else None)
+    dm.setup("fit")
+    model = build_for_dataset(dm.spec, cfg.model.name, cfg.model.options, cfg.model.checkpoint, cfg.model.peft,
+                              cfg.model.peft_options)
+    transform = BatchTransform(dm.spec, build_image_augment(cfg.data.augment.get("image", [])))
+    system = MultimodalSystem(model, dm.spec, _loss(cfg, dm), cfg.optim, cfg.schedule, cfg.trainer.max_epochs,
+                              transform, cfg.seed)
+    t = cfg.trainer
+    es = t.early_stopping
+    monitor, mode = (es.monitor, es.mode) if es else ("val/loss", "min")
+    # "best" follows the monitored metric; "last" is rewritten after every epoch (after "best", so the state it
+    # records is current) and is what --resume continues from.
+    cbs: list[L.Callback] = [ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=monitor, mode=mode,
+                                             save_top_k=1, enable_version_counter=False),
+                             ModelCheckpoint(dirpath=ckpt_dir, filename="last", monitor=None, save_top_k=1,
+                                             enable_version_counter=False),
+                             LearningRateMonitor("epoch")]
+    if es:
+        cbs.append(EarlyStopping(monitor=es.monitor, mode=es.mode, patience=es.patience, min_delta=es.min_delta))
+    trainer = L.Trainer(
+        max_epochs=t.max_epochs, accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
+        strategy=t.strategy, precision=t.precision, accumulate_grad_batches=t.accumulate_grad_batches,
+        gradient_clip_val=t.gradient_clip_val, deterministic=True if t.deterministic else None,
+        enable_progress_bar=t.enable_progress_bar, log_every_n_steps=t.log_every_n_steps,
+        check_val_every_n_epoch=t.check_val_every_n_epoch, callbacks=cbs + list(callbacks or []),
+        logger=[CSVLogger(run_dir / "logs", name="csv", version=""),
+                TensorBoardLogger(run_dir / "logs", name="tb", version="")],
+        plugins=[SafetensorsCheckpointIO()], use_distributed_sampler=False, enable_model_summary=False,
+        default_root_dir=run_dir)
+    if trainer.is_global_zero:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+        table = dm.table.cases
+        _write_json(run_dir / "splits.json", {
+            "seed": cfg.seed if cfg.data.split.seed is None else cfg.data.split.seed,
+            "split": {k: [table[i].case_id for i in v] for k, v in dm.split.items()},
+            "encoders": dm.state()["encoders"]})
+        _write_json(run_dir / "dataset_spec.json", dm.spec.model_dump(mode="json"))
+        _write_json(run_dir / "run_state.json", {"status": "running", "resumed": resume})
+    csv_log = run_dir / "logs" / "csv" / "metrics.csv"
+    earlier_log = csv_log.with_name("metrics.before-resume.csv")
+    if resume and csv_log.is_file() and trainer.is_global_zero:
+        os.replace(csv_log, earlier_log)  # Lightning's CSV logger would delete it
+    start = time.time()
+    try:
+        trainer.fit(system, datamodule=dm, ckpt_path=str(last) if resume else None)
+    except BaseException as e:
+        if trainer.is_global_zero:
+            _write_json(run_dir / "run_state.json", {"status": "failed", "error": f"{type(e).__name__}: {e}",
+                                                     "epoch": trainer.current_epoch})
+        raise
+    elapsed = time.time() - start
+    if earlier_log.is_file() and trainer.is_global_zero:
+        _merge_logs(earlier_log, csv_log)
+    best = trainer.checkpoint_callback.best_model_path or str(last)
+    state = read_checkpoint(best)["state_dict"]
+    system.load_state_dict(state)
+    if not trainer.is_global_zero:
+        return RunResult(run_dir, {}, {})
+    save_weights(model, run_dir / "model.safetensors")
+    total, trainable = _count(model)
+    summary = {
+        "name": cfg.name, "dataset": dm.spec.name, "model": cfg.model.name,
+        "modalities": ", ".join(dm.modalities), "parameters": total, "trainable parameters": trainable,
+        "epochs run": trainer.current_epoch, "best checkpoint": Path(best).name,
+        f"best {monitor}": float(trainer.checkpoint_callback.best_model_score or float("nan")),
+        "train seconds": round(elapsed, 1), "seed": cfg.seed,
+        "cases train/val/test": "/".join(str(len(dm.datasets[s])) for s in ("train", "val", "test")),
+        "skipped_cases": dm.bad_cases}
+    preds = predict_loader(model, dm.spec, dm.loader("test"), transform)
+    metrics = evaluate_predictions(dm.spec, preds, seed=cfg.seed)
+    write_report(run_dir, dm.spec, preds, metrics, summary)
+    _write_json(run_dir / "run_state.json", {"status": "finished", "epochs": trainer.current_epoch,
+                                             "train_seconds": elapsed, "best_checkpoint": best})
+    return RunResult(run_dir, metrics, summary)
+
+
+def evaluate_run(run_dir: str | Path, split: str = "test") -> dict[str, Any]:
+    """Re-evaluate a finished run's best model on ``split`` and rewrite its report."""
+    from mmdiag.evaluation.infer import Predictor
+
+    predictor = Predictor(run_dir)
+    cfg, model, transform = predictor.cfg, predictor.model, predictor.transform
+    dm = _datamodule(cfg, Path(run_dir))
+    dm.setup("test")
+    if split not in dm.datasets:
+        raise ConfigError(f"split {split!r} does not exist; splits: {list(dm.datasets)}")
+    preds = predict_loader(model, dm.spec, dm.loader(split), transform)
+    metrics = evaluate_predictions(dm.spec, preds, seed=cfg.seed)
+    total, trainable = _count(model)
+    summary = {"name": cfg.name, "dataset": dm.spec.name, "model": cfg.model.name, "parameters": total,
+               "trainable parameters": trainable, "skipped_cases": dm.bad_cases}
+    write_report(run_dir, dm.spec, preds, metrics, summary, split=split)
+    return metrics
