@@ -1,0 +1,6 @@
+"""Imports every model family module so that their ``@register_model`` decorators run. One line per family."""
+
+# ruff: noqa: F401
+from mmdiag.models.fusion import baselines
+from mmdiag.models.backbones import vit
+from mmdiag.models.backbones import medmamba

@@ -1,0 +1,95 @@
+"""Patch embedding (non-overlapping conv stem) and Swin-style 2x2 patch merging for hierarchical backbones."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["PatchEmbed", "PatchMerging"]
+
+OutputFmt = Literal["NHWC", "NCHW", "NLC"]
+
+
+class PatchEmbed(nn.Module):
+    """Patch embedding: a ``patch_size``-strided convolution, then an optional norm over channels.
+
+    The norm (LayerNorm by default in MedMamba/VMamba/Swin) always acts on the channel axis; ``output_fmt`` only
+    chooses the returned layout. Parameter names ``proj`` / ``norm`` follow timm, Swin and MedMamba's checkpoints.
+
+    Args:
+        patch_size: Side of the square patches (kernel size and stride).
+        in_chans: Input channels.
+        embed_dim: Output channels.
+        norm_layer: Channel norm constructor (called with ``embed_dim``), or None for no norm.
+        bias: Convolution bias.
+        output_fmt: ``"NHWC"`` (channels-last map), ``"NCHW"``, or ``"NLC"`` (row-major tokens).
+    """
+
+    def __init__(
+        self,
+        patch_size: int = 4,
+        in_chans: int = 3,
+        embed_dim: int = 96,
+        norm_layer: Callable[[int], nn.Module] | None = nn.LayerNorm,
+        bias: bool = True,
+        output_fmt: OutputFmt = "NHWC",
+    ):
+        super().__init__()
+        if output_fmt not in ("NHWC", "NCHW", "NLC"):
+            raise ValueError(f"PatchEmbed: output_fmt must be 'NHWC', 'NCHW' or 'NLC', got {output_fmt!r}")
+        self.patch_size = patch_size
+        self.output_fmt = output_fmt
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size, bias=bias)
+        self.norm = norm_layer(embed_dim) if norm_layer is not None else nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Embed ``x`` ``(B, in_chans, H, W)``; H and W must be multiples of ``patch_size``.
+
+        Raises:
+            ValueError: ``x`` is not 4-D, or H/W is not divisible by ``patch_size``.
+        """
+        if x.dim() != 4:
+            raise ValueError(f"PatchEmbed: expected an image batch (B, C, H, W), got shape {tuple(x.shape)}")
+        H, W = x.shape[-2:]
+        if H % self.patch_size or W % self.patch_size:
+            raise ValueError(
+                f"PatchEmbed: input size {H}x{W} is not divisible by the patch size {self.patch_size}; resize or "
+                f"pad the image to a multiple of {self.patch_size}"
+            )
+        x = self.norm(self.proj(x).permute(0, 2, 3, 1))
+        if self.output_fmt == "NCHW":
+            return x.permute(0, 3, 1, 2)
+        if self.output_fmt == "NLC":
+            return x.flatten(1, 2)
+        return x
+
+
+class PatchMerging(nn.Module):
+    """2x2 patch merging (Swin / VMamba ``PatchMerging2D``): halve H and W, concat 4 neighbours, norm, reduce.
+
+    Input and output are channels-last ``(B, H, W, C) -> (B, H/2, W/2, out_dim)``. The neighbours are concatenated
+    in the order (even row, even col), (odd row, even col), (even row, odd col), (odd row, odd col); an odd H or W
+    drops the last row/column, as the official MedMamba/VMamba code does.
+
+    Args:
+        dim: Input channels C.
+        out_dim: Output channels; default ``2 * dim``.
+        norm_layer: Norm over the ``4 * dim`` concatenated channels.
+    """
+
+    def __init__(self, dim: int, out_dim: int | None = None, norm_layer: Callable[[int], nn.Module] = nn.LayerNorm):
+        super().__init__()
+        self.dim = dim
+        self.out_dim = out_dim or 2 * dim
+        # Registration order (reduction before norm) reproduces the official state_dict order.
+        self.reduction = nn.Linear(4 * dim, self.out_dim, bias=False)
+        self.norm = norm_layer(4 * dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        H, W = x.shape[1] // 2 * 2, x.shape[2] // 2 * 2
+        x = x[:, :H, :W]
+        x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], dim=-1)
+        return self.reduction(self.norm(x))
