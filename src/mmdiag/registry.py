@@ -8,7 +8,7 @@ from typing import Generic, TypeVar
 
 from mmdiag.errors import MmdiagError, UnknownNameError
 
-__all__ = ["Registry", "MODELS", "DATASETS"]
+__all__ = ["Registry", "MODELS", "DATASETS", "RECIPES"]
 
 T = TypeVar("T", bound=Callable)
 
@@ -67,3 +67,4 @@ class Registry(Generic[T]):
 
 MODELS: Registry = Registry("model", "mmdiag models")
 DATASETS: Registry = Registry("dataset", "mmdiag datasets")
+RECIPES: Registry = Registry("recipe", "mmdiag models --recipes")

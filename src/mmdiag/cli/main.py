@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import sys
@@ -10,15 +11,18 @@ from pathlib import Path
 
 from mmdiag.errors import MmdiagError
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "VERB_MODULES"]
+
+# Further verbs live in their own modules, each with ``register(subparsers)`` adding its parser (fn=...).
+VERB_MODULES: list[str] = []
 
 
 def _train(args: argparse.Namespace) -> int:
     from mmdiag.config import load_config
-    from mmdiag.training.run import train
+    from mmdiag.training.recipes import run_experiment
 
     cfg = load_config(args.config, args.overrides)
-    result = train(cfg, args.output, resume=args.resume)
+    result = run_experiment(cfg, args.output, resume=args.resume)
     if result.metrics:
         _print_metrics(result.metrics)
         print(f"report: {result.run_dir / 'report.md'}")
@@ -70,10 +74,21 @@ def _models(args: argparse.Namespace) -> int:
     import inspect
 
     from mmdiag.models import list_models
-    from mmdiag.registry import MODELS
+    from mmdiag.registry import MODELS, RECIPES
 
-    for name in list_models(args.pattern, include_hidden=args.all):
-        doc = (inspect.getdoc(MODELS.get(name)) or "").splitlines()
+    if args.recipes:
+        from mmdiag.training.recipes import _register_all
+
+        _register_all()
+        table, names = RECIPES, RECIPES.names(args.pattern)
+    elif args.peft:
+        from mmdiag.models.peft import PEFT_METHODS
+
+        table, names = PEFT_METHODS, PEFT_METHODS.names(args.pattern)
+    else:
+        table, names = MODELS, list_models(args.pattern, include_hidden=args.all)
+    for name in names:
+        doc = (inspect.getdoc(table.get(name)) or "").splitlines()
         print(f"{name:24s} {doc[0] if doc else ''}")
     return 0
 
@@ -136,10 +151,14 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("models", help="list registered models")
     m.add_argument("pattern", nargs="?", default="*", help="shell pattern, e.g. 'medmamba*'")
     m.add_argument("--all", action="store_true", help="include hidden tiny_* test variants")
+    m.add_argument("--peft", action="store_true", help="list the parameter-efficient fine-tuning methods instead")
+    m.add_argument("--recipes", action="store_true", help="list the multi-stage training recipes instead")
     m.set_defaults(fn=_models)
 
     ds = sub.add_parser("datasets", help="list registered datasets")
     ds.set_defaults(fn=_datasets)
+    for module in VERB_MODULES:
+        importlib.import_module(module).register(sub)
     return p
 
 

@@ -129,6 +129,8 @@ class ExperimentConfig(_Section):
     """A whole experiment: data, model, loss, optimisation and the trainer."""
 
     name: str = "experiment"
+    recipe: str | None = Field(None, description="a multi-stage recipe (`mmdiag models --recipes`), e.g. ei_two_stage;"
+                                                 " default: one training run")
     seed: int = 0
     output_dir: str = Field("runs", description="parent folder of run folders")
     data: DataConfig = DataConfig()

@@ -23,7 +23,11 @@ from mmdiag.evaluation.metrics import evaluate_tasks
 from mmdiag.training.losses import MultiTaskLoss
 from mmdiag.training.optim import build_optimizer, build_scheduler
 
-__all__ = ["MultimodalSystem", "probabilities"]
+__all__ = ["MultimodalSystem", "probabilities", "AUX_KEY"]
+
+AUX_KEY = "aux"
+"""A model's output may carry ``{AUX_KEY: {term: (weight, {task: logits})}}`` besides its task logits: each term is
+scored with the same task loss and added with its weight (e.g. EI's auxiliary and gated predictions)."""
 
 _LOGGED = ("acc", "balanced_acc", "auc", "f1", "map", "s2", "sensitivity", "specificity")
 
@@ -31,7 +35,7 @@ _LOGGED = ("acc", "balanced_acc", "auc", "f1", "map", "s2", "sensitivity", "spec
 def probabilities(spec: DatasetSpec, logits: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Softmax for single-label tasks, sigmoid for multi-label ones."""
     return {t: (z.float().sigmoid() if spec.tasks[t].type == "multilabel" else z.float().softmax(-1))
-            for t, z in logits.items()}
+            for t, z in logits.items() if t in spec.tasks}
 
 
 class MultimodalSystem(L.LightningModule):
@@ -67,8 +71,17 @@ class MultimodalSystem(L.LightningModule):
             torch.manual_seed((self.seed * 1_000_003 + self.global_step) * 1_009 + self.global_rank)
         return self.batch_transform(batch, train=train)
 
+    def _loss(self, out: dict[str, Any], labels: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
+        """Task loss of the main logits plus, for models that return ``AUX_KEY``, each weighted auxiliary term."""
+        total, parts = self.loss({t: out[t] for t in self.spec.tasks}, labels)
+        for name, (weight, logits) in out.get(AUX_KEY, {}).items():
+            aux, _ = self.loss(logits, labels)
+            parts[name] = aux
+            total = total + weight * aux
+        return total, parts
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        total, parts = self.loss(self(batch), batch["labels"])
+        total, parts = self._loss(self(batch), batch["labels"])
         if not torch.isfinite(total):
             bad = [t for t, v in parts.items() if not torch.isfinite(v)]
             saved = [c.best_model_path for c in self.trainer.checkpoint_callbacks if c.monitor is None]
@@ -81,8 +94,9 @@ class MultimodalSystem(L.LightningModule):
         return total
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        logits = self(batch)
-        total, _ = self.loss(logits, batch["labels"])
+        out = self(batch)
+        total, _ = self._loss(out, batch["labels"])
+        logits = {t: out[t] for t in self.spec.tasks}
         self.log("val/loss", total, on_epoch=True, batch_size=len(batch["case_id"]), sync_dist=True)
         self._val.append({"index": batch["index"], "probs": probabilities(self.spec, logits),
                           "labels": batch["labels"]})
