@@ -101,6 +101,15 @@ def _datasets(args: argparse.Namespace) -> int:
     return 0
 
 
+def _configs(args: argparse.Namespace) -> int:
+    from mmdiag.config.load import resolve_config_path, shipped_configs
+
+    for name in shipped_configs():
+        first = resolve_config_path(name).read_text().splitlines()[:1]
+        print(f"{name:32s} {first[0].lstrip('# ') if first and first[0].startswith('#') else ''}")
+    return 0
+
+
 def _print_metrics(metrics: dict) -> None:
     from mmdiag.evaluation.report import fmt
 
@@ -114,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="verb", required=True)
 
     t = sub.add_parser("train", help="train one experiment, then report on its test split")
-    t.add_argument("--config", help="experiment YAML (default: built-in defaults)")
+    t.add_argument("--config", help="experiment YAML or shipped config name (`mmdiag configs`); default: built-in")
     t.add_argument("--output", help="run folder (default: output_dir/name)")
     t.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
     t.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.lr=1e-4 data.batch_size=64")
@@ -157,6 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     ds = sub.add_parser("datasets", help="list registered datasets")
     ds.set_defaults(fn=_datasets)
+    cf = sub.add_parser("configs", help="list the experiment configs shipped with mmdiag (usable as --config NAME)")
+    cf.set_defaults(fn=_configs)
     for module in VERB_MODULES:
         importlib.import_module(module).register(sub)
     return p

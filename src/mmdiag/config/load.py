@@ -12,7 +12,7 @@ from pydantic import BaseModel, ValidationError
 from mmdiag.config.schema import ExperimentConfig
 from mmdiag.errors import ConfigError, close_matches
 
-__all__ = ["load_config", "apply_overrides", "format_validation_error"]
+__all__ = ["load_config", "apply_overrides", "format_validation_error", "resolve_config_path", "shipped_configs"]
 
 
 def _model_at(model: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
@@ -86,9 +86,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
     raw: dict[str, Any] = dict(base or {})
     source = "<overrides>"
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {str(p)!r} does not exist")
+        p = resolve_config_path(path)
         try:
             loaded = yaml.safe_load(p.read_text()) or {}
         except yaml.YAMLError as e:
@@ -102,6 +100,29 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
         return ExperimentConfig.model_validate(raw)
     except ValidationError as e:
         raise ConfigError(format_validation_error(e, source, ExperimentConfig)) from None
+
+
+def shipped_configs() -> list[str]:
+    """Names of the experiment configs shipped with mmdiag (``mmdiag configs`` lists them)."""
+    root = Path(__file__).resolve().parent.parent / "configs"
+    return sorted(str(f.relative_to(root).with_suffix("")) for f in root.rglob("*.yaml"))
+
+
+def resolve_config_path(path: str | os.PathLike) -> Path:
+    """A config file path, or the name of a shipped config (``medmamba_medmnist``, ``ei/ei_derm7pt``).
+
+    Raises:
+        ConfigError: neither exists (close shipped names are offered).
+    """
+    p = Path(path)
+    if p.is_file():
+        return p
+    shipped = Path(__file__).resolve().parent.parent / "configs" / f"{path}.yaml"
+    if shipped.is_file():
+        return shipped
+    hint = close_matches(str(path), shipped_configs())
+    raise ConfigError(f"config file {str(p)!r} does not exist and is not a shipped config"
+                      + (f"; did you mean {', '.join(hint)}?" if hint else "") + " (`mmdiag configs` lists them)")
 
 
 def _merge(a: dict, b: dict) -> dict:
