@@ -1,5 +1,8 @@
 """Writers of tiny datasets in native formats, for tests and examples. Nothing is downloaded."""
 
+from mmdiag.testing.derm7pt import write_derm7pt
+from mmdiag.testing.mmc_amd import write_mmc_amd
+from mmdiag.testing.mrnet import write_mrnet
 from mmdiag.testing.writers import write_manifest_dataset, write_png
 
-__all__ = ["write_manifest_dataset", "write_png"]
+__all__ = ["write_manifest_dataset", "write_png", "write_derm7pt", "write_mmc_amd", "write_mrnet"]
