@@ -96,7 +96,7 @@ def _demo_seconds() -> float:
 
 
 def run() -> list[dict]:
-    rows = [{"benchmark": "make demo (mmdiag demo, 7 models x 8 epochs, 800 cases), wall time",
+    rows = [{"benchmark": "make demo (mmdiag demo, 7 models x 10 epochs, 800 cases), wall time",
              "value": f"{_demo_seconds():.0f} s"}]
     for label, name, options in [("unimodal (small CNN, clinical)", "unimodal", {"modality": "clinical"}),
                                  ("tabular MLP", "tabular_mlp", {}),

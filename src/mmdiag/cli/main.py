@@ -153,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="baselines vs fusion on the built-in synthetic data, with a comparison table")
     d.add_argument("--output", default="runs/demo")
-    d.add_argument("--epochs", type=int, default=8)
+    d.add_argument("--epochs", type=int, default=10)
     d.add_argument("--n-cases", type=int, default=800)
     d.set_defaults(fn=_demo)
 

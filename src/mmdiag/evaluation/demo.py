@@ -30,7 +30,7 @@ DEMO_MODELS: list[tuple[str, str, list[str]]] = [
 ]
 
 
-def run_demo(output: str | Path = "runs/demo", epochs: int = 8, n_cases: int = 800) -> list[dict[str, Any]]:
+def run_demo(output: str | Path = "runs/demo", epochs: int = 10, n_cases: int = 800) -> list[dict[str, Any]]:
     """Train every demo model into ``output/<model>``, print the comparison and write ``output/report.md``."""
     output = Path(output)
     rows = []
@@ -38,7 +38,7 @@ def run_demo(output: str | Path = "runs/demo", epochs: int = 8, n_cases: int = 8
         slug = f"{i}_{model}" + (f"_{extra[0].split('=')[-1]}" if extra else "")
         cfg = load_config(None, [f"name={slug}", f"output_dir={output}", f"model.name={model}",
                                  f"trainer.max_epochs={epochs}", "trainer.enable_progress_bar=false",
-                                 "trainer.early_stopping=null", "optim.lr=2e-3", "data.batch_size=32",
+                                 "trainer.early_stopping=null", "optim.lr=3e-3", "data.batch_size=32",
                                  f"data.options.n_cases={n_cases}", *extra])
         from mmdiag.training.run import train
 

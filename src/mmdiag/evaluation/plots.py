@@ -164,25 +164,35 @@ def training_series(metrics_csv_path: str | os.PathLike) -> dict[str, pd.Series]
     return series
 
 
-def plot_training_curves(metrics_csv_path: str | os.PathLike, path: str | os.PathLike) -> None:
-    """Every logged series of a Lightning ``CSVLogger`` ``metrics.csv`` against epoch (see :func:`training_series`).
+CURVE_PANELS = ("loss", "acc", "auc", "map", "f1")
 
-    Series sharing the part after the last ``/`` (``train/loss`` and ``val/loss``) share one panel.
+
+def plot_training_curves(metrics_csv_path: str | os.PathLike, path: str | os.PathLike,
+                         panels: Sequence[str] | None = CURVE_PANELS) -> None:
+    """Logged series of a Lightning ``CSVLogger`` ``metrics.csv`` against epoch (see :func:`training_series`).
+
+    Series sharing the part after the last ``/`` (``train/loss`` and ``val/loss``) share one panel. Learning-rate
+    series (``lr-*``) always get a panel.
 
     Args:
         metrics_csv_path: the ``metrics.csv`` file.
         path: the PNG file to write.
+        panels: which metric names get a panel (None: every logged series; rendering ~10 panels takes seconds).
 
     Raises:
         DataError: the file cannot be read, has no ``epoch`` column, or holds no logged values.
     """
-    panels: dict[str, list[tuple[str, pd.Series]]] = {}
+    groups: dict[str, list[tuple[str, pd.Series]]] = {}
     for col, values in training_series(metrics_csv_path).items():
-        panels.setdefault(col.rsplit("/", 1)[-1], []).append((col, values))
-    ncols = min(3, len(panels))
-    nrows = math.ceil(len(panels) / ncols)
+        name = col.rsplit("/", 1)[-1]
+        if panels is None or name in panels or name.startswith("lr-"):
+            groups.setdefault(name, []).append((col, values))
+    if not groups:
+        raise DataError(f"{metrics_csv_path} holds none of the series {list(panels or [])}", path=str(metrics_csv_path))
+    ncols = min(3, len(groups))
+    nrows = math.ceil(len(groups) / ncols)
     fig = Figure(figsize=(4.0 * ncols, 3.0 * nrows), layout="constrained")
-    for i, (name, curves) in enumerate(panels.items()):
+    for i, (name, curves) in enumerate(groups.items()):
         ax = fig.add_subplot(nrows, ncols, i + 1)
         for col, values in curves:
             ax.plot(values.index, values.to_numpy(), marker="o", ms=3, label=col)
