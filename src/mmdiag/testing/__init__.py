@@ -1,8 +1,11 @@
 """Writers of tiny datasets in native formats, for tests and examples. Nothing is downloaded."""
 
 from mmdiag.testing.derm7pt import write_derm7pt
+from mmdiag.testing.medmnist import write_medmnist
 from mmdiag.testing.mmc_amd import write_mmc_amd
 from mmdiag.testing.mrnet import write_mrnet
+from mmdiag.testing.pad_ufes20 import write_pad_ufes20
 from mmdiag.testing.writers import write_manifest_dataset, write_png
 
-__all__ = ["write_manifest_dataset", "write_png", "write_derm7pt", "write_mmc_amd", "write_mrnet"]
+__all__ = ["write_manifest_dataset", "write_png", "write_derm7pt", "write_mmc_amd", "write_mrnet", "write_medmnist",
+           "write_pad_ufes20"]

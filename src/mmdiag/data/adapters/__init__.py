@@ -3,3 +3,5 @@
 from mmdiag.data.adapters import derm7pt  # noqa: F401
 from mmdiag.data.adapters import mmc_amd  # noqa: F401
 from mmdiag.data.adapters import mrnet  # noqa: F401
+from mmdiag.data.adapters import medmnist  # noqa: F401
+from mmdiag.data.adapters import pad_ufes20  # noqa: F401

@@ -100,7 +100,7 @@ class BatchTransform(nn.Module):
                 continue
             x = inputs[name]
             if train and self.augment is not None:
-                x = self.augment(x)
+                x = self.augment(x).clamp(0.0, 1.0)  # colour ops may overshoot [0, 1] by rounding
             if name in self.norm:
                 mean, std = self.norm[name]
                 x = (x - mean.to(x)) / std.to(x)

@@ -1,0 +1,1 @@
+"""Official evaluation protocols of published benchmarks, reproduced exactly (one module per benchmark)."""
