@@ -292,3 +292,11 @@ def test_count_macs_medmamba_t_224(monkeypatch):
     macs = count_macs(meta_model("medmamba_t"))
     assert (macs.conv, macs.linear, macs.ssm_proj, macs.scan) == (1_398_781_440, 607_696_896, 236_027_904, 291_723_264)
     assert round(macs.conv_linear / 1e9, 3) == 2.006 and round(macs.total / 1e9, 3) == 2.534
+
+
+def test_too_small_input_is_a_named_error():
+    from mmdiag.errors import ConfigError
+
+    model = create_model("tiny_medmamba", num_classes=2)
+    with pytest.raises(ConfigError, match="28x28 is smaller than its total stride 32"):
+        model(torch.rand(1, 3, 28, 28))

@@ -313,6 +313,10 @@ class MedMamba(nn.Module):
     def _embed(self, x: Tensor) -> Tensor:
         if x.dim() != 4 or x.shape[1] != self.in_chans:
             raise ValueError(f"MedMamba: expected input (B, {self.in_chans}, H, W), got shape {tuple(x.shape)}")
+        smallest = self.feature_info[-1]["reduction"]
+        if min(x.shape[2:]) < smallest:
+            raise ConfigError(f"MedMamba: input {x.shape[2]}x{x.shape[3]} is smaller than its total stride {smallest}; "
+                              f"resize images to at least {smallest}x{smallest} (e.g. data.options.image_size)")
         return self.pos_drop(self.patch_embed(x))
 
     def forward_intermediates(self, x: Tensor, indices: int | Sequence[int] | None = None) -> list[Tensor]:
