@@ -36,6 +36,18 @@ def test_cyclic_between_bounds_with_sgd_momentum():
     assert lrs[0] == pytest.approx(1e-5) and lrs[4] == pytest.approx(1e-3) and lrs[8] == pytest.approx(1e-5)
 
 
+def test_cyclic_amplitude_decays_per_cycle_and_momentum_bounds():
+    optim = OptimConfig(name="sgd", lr=1e-3, momentum=0.95)
+    cfg = ScheduleConfig(name="cyclic", base_lr=0.0, max_lr=1.0, step_size_up=2, cycle_decay=0.8, base_momentum=0.8,
+                         max_momentum=0.9)
+    lrs = _lrs(cfg, optim, 9)
+    assert lrs[2] == pytest.approx(1.0) and lrs[6] == pytest.approx(0.8)
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = build_optimizer(optim, [p])
+    build_scheduler(cfg, opt, optim, 10)
+    assert opt.param_groups[0]["momentum"] == pytest.approx(0.9)
+
+
 def test_losses_mask_unknown_labels_and_weight_tasks():
     tasks = {"a": TaskSpec(type="multiclass", classes=("x", "y", "z")),
              "m": TaskSpec(type="multilabel", classes=("p", "q"))}

@@ -100,6 +100,10 @@ class ScheduleConfig(_Section):
     max_lr: float | None = Field(None, description="cyclic: upper bound (default optim.lr)")
     step_size_up: int = Field(2000, ge=1, description="cyclic: optimiser steps from base to max")
     cyclic_mode: Literal["triangular", "triangular2", "exp_range"] = "triangular"
+    cycle_decay: float = Field(1.0, gt=0, le=1, description="cyclic: amplitude × this after every cycle (overrides "
+                                                              "cyclic_mode when < 1)")
+    base_momentum: float | None = Field(None, description="cyclic with SGD: lowest momentum (default 0.8 × momentum)")
+    max_momentum: float | None = Field(None, description="cyclic with SGD: highest momentum (default optim.momentum)")
 
 
 class EarlyStoppingConfig(_Section):

@@ -30,16 +30,20 @@ def build_scheduler(cfg: ScheduleConfig, optimizer: torch.optim.Optimizer, optim
 
     ``cosine``: linear warm-up over ``warmup_epochs``, then cosine decay to ``min_lr`` at ``max_epochs``.
     ``multistep``: lr × ``gamma`` at each epoch in ``milestones`` (after an optional linear warm-up).
-    ``cyclic``: ``torch.optim.lr_scheduler.CyclicLR`` between ``base_lr`` and ``max_lr``, stepped per optimiser step.
+    ``cyclic``: ``torch.optim.lr_scheduler.CyclicLR`` between ``base_lr`` and ``max_lr``, stepped per optimiser step;
+    with ``cycle_decay < 1`` the amplitude shrinks by that factor every cycle.
     """
     if cfg.name == "none":
         return None
     if cfg.name == "cyclic":
+        decay = cfg.cycle_decay
         sched = torch.optim.lr_scheduler.CyclicLR(
             optimizer, base_lr=cfg.base_lr if cfg.base_lr is not None else optim.lr / 100,
             max_lr=cfg.max_lr if cfg.max_lr is not None else optim.lr, step_size_up=cfg.step_size_up,
-            mode=cfg.cyclic_mode, cycle_momentum=optim.name == "sgd", base_momentum=0.8 * optim.momentum,
-            max_momentum=optim.momentum)
+            mode=cfg.cyclic_mode, cycle_momentum=optim.name == "sgd",
+            scale_fn=(lambda cycle: decay ** (cycle - 1)) if decay < 1 else None, scale_mode="cycle",
+            base_momentum=cfg.base_momentum if cfg.base_momentum is not None else 0.8 * optim.momentum,
+            max_momentum=cfg.max_momentum if cfg.max_momentum is not None else optim.momentum)
         return {"scheduler": sched, "interval": "step"}
     warm = cfg.warmup_epochs
     floor = cfg.min_lr / optim.lr

@@ -19,6 +19,7 @@ register_recipe = RECIPES.register
 
 def _register_all() -> None:
     """Import the modules that define recipes (one line per module)."""
+    import mmdiag.training.ei_recipe  # noqa: F401
 
 
 def run_experiment(cfg: ExperimentConfig, run_dir: str | Path | None = None, resume: bool = False) -> RunResult:

@@ -23,11 +23,14 @@ from mmdiag.evaluation.metrics import evaluate_tasks
 from mmdiag.training.losses import MultiTaskLoss
 from mmdiag.training.optim import build_optimizer, build_scheduler
 
-__all__ = ["MultimodalSystem", "probabilities", "AUX_KEY"]
+__all__ = ["MultimodalSystem", "probabilities", "AUX_KEY", "AUX_LOSS_KEY"]
 
 AUX_KEY = "aux"
 """A model's output may carry ``{AUX_KEY: {term: (weight, {task: logits})}}`` besides its task logits: each term is
-scored with the same task loss and added with its weight (e.g. EI's auxiliary and gated predictions)."""
+scored with the same task loss and added with its weight (e.g. EI's per-modality predictions)."""
+AUX_LOSS_KEY = "aux_loss"
+"""... and ``{AUX_LOSS_KEY: {term: (weight, scalar loss)}}`` for terms that are not a task loss on logits (e.g. EI's
+gate-versus-prior cross-entropy)."""
 
 _LOGGED = ("acc", "balanced_acc", "auc", "f1", "map", "s2", "sensitivity", "specificity")
 
@@ -72,12 +75,15 @@ class MultimodalSystem(L.LightningModule):
         return self.batch_transform(batch, train=train)
 
     def _loss(self, out: dict[str, Any], labels: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
-        """Task loss of the main logits plus, for models that return ``AUX_KEY``, each weighted auxiliary term."""
+        """Task loss of the main logits plus each weighted auxiliary term (``AUX_KEY``, ``AUX_LOSS_KEY``)."""
         total, parts = self.loss({t: out[t] for t in self.spec.tasks}, labels)
         for name, (weight, logits) in out.get(AUX_KEY, {}).items():
             aux, _ = self.loss(logits, labels)
             parts[name] = aux
             total = total + weight * aux
+        for name, (weight, value) in out.get(AUX_LOSS_KEY, {}).items():
+            parts[name] = value
+            total = total + weight * value
         return total, parts
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:

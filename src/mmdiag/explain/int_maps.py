@@ -1,0 +1,181 @@
+"""Patch-similarity maps of EI's primary VFMs with and without the [INT] tokens (paper 003, Fig. 2).
+
+For every target modality, the cosine similarity between the final [CLS] and each patch token of the primary VFM is
+computed twice, once with the reference modalities' [INT] tokens injected and once without them. Because [CLS] is
+what the heads classify, the map shows how much each patch contributes; the paper reports more lesion-focused maps
+with [INT]. Multi-slice modalities get one map per slice (the tokens before slice pooling).
+
+PNG files show, per slice row, the image, the map without [INT] and the map with [INT] as colour overlays; the two maps
+of a row share one colour scale. Every file is written atomically.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from mmdiag.errors import ConfigError
+from mmdiag.io.atomic import atomic_write_bytes
+from mmdiag.models.fusion.ei import EI
+
+__all__ = ["int_similarity_maps", "render_int_overlay", "write_int_maps", "int_maps_for_run"]
+
+_log = logging.getLogger(__name__)
+
+
+@torch.no_grad()
+def int_similarity_maps(model: EI, inputs: dict[str, torch.Tensor], present: dict[str, torch.Tensor] | None = None
+                        ) -> dict[str, dict[str, torch.Tensor]]:
+    """Cosine similarity of the final [CLS] to every patch token of each primary VFM, with and without [INT].
+
+    Args:
+        model: an :class:`~mmdiag.models.fusion.ei.EI` model (put in eval mode by the caller for deterministic maps).
+        inputs: the model's inputs (images in [0, 1] unless the model was built with ``input_norm=none``).
+        present: per modality ``(B,)`` bool; a missing reference adds no [INT] token.
+
+    Returns:
+        ``{modality: {"with_int": (B, k, gh, gw), "without_int": (B, k, gh, gw)}}`` in [-1, 1]; ``k`` slices,
+        ``gh x gw`` the patch grid.
+
+    Raises:
+        ConfigError: ``model`` is not an EI model.
+    """
+    if not isinstance(model, EI):
+        raise ConfigError(f"[INT] maps need an EI model (model.name=ei); got {type(model).__name__}")
+    maps: dict[str, dict[str, torch.Tensor]] = {m: {} for m in model.modalities}
+    for key, intervene in (("with_int", True), ("without_int", False)):
+        tokens = model.forward_branches(inputs, present, intervene=intervene).tokens
+        for m, tok in tokens.items():
+            branch = model.primary[m]
+            gh, gw = branch.grid(inputs[m])
+            patches = tok[:, :, branch.vfm.num_prefix_tokens:]
+            sim = F.cosine_similarity(patches.float(), tok[:, :, :1].float(), dim=-1)
+            maps[m][key] = sim.view(*sim.shape[:2], gh, gw)
+    return maps
+
+
+def _display(image: np.ndarray) -> np.ndarray:
+    """(C, H, W) float -> (H, W, 3) in [0, 1], min-max scaled; grey replicated, RGB slices kept."""
+    img = image[:3] if image.shape[0] >= 3 else np.repeat(image[:1], 3, axis=0)
+    lo, hi = float(img.min()), float(img.max())
+    return np.transpose((img - lo) / (hi - lo) if hi > lo else np.zeros_like(img), (1, 2, 0))
+
+
+def _upsample(sim: torch.Tensor, patch: int, size: tuple[int, int]) -> np.ndarray:
+    """A (gh, gw) map drawn over the padded image grid, cropped to the image (padding is right/bottom)."""
+    gh, gw = sim.shape
+    up = F.interpolate(sim[None, None].float(), size=(gh * patch, gw * patch), mode="bilinear", align_corners=False)
+    return up[0, 0, : size[0], : size[1]].cpu().numpy()
+
+
+def render_int_overlay(slices: Sequence[np.ndarray], without_int: torch.Tensor, with_int: torch.Tensor, patch: int,
+                       alpha: float = 0.5, cmap: str = "jet") -> np.ndarray:
+    """One RGB panel: a row per slice with [image | map without [INT] | map with [INT]] overlaid on the image.
+
+    Args:
+        slices: per slice, the image ``(c, H, W)`` (any range; min-max scaled for display).
+        without_int, with_int: ``(k, gh, gw)`` similarity maps of one case.
+        patch: the VFM's patch size (maps cover the zero-padded grid).
+        alpha: opacity of the colour map.
+        cmap: matplotlib colour map name.
+
+    Returns:
+        ``(k * H, 3 * W, 3)`` uint8.
+    """
+    from matplotlib import colormaps
+
+    colour = colormaps[cmap]
+    rows = []
+    for img, off, on in zip(slices, without_int, with_int):
+        base = _display(img)
+        size = base.shape[:2]
+        pair = [_upsample(off, patch, size), _upsample(on, patch, size)]
+        lo, hi = min(float(p.min()) for p in pair), max(float(p.max()) for p in pair)
+        panels = [base]
+        for p in pair:
+            heat = colour((p - lo) / (hi - lo) if hi > lo else np.zeros_like(p))[..., :3]
+            panels.append((1 - alpha) * base + alpha * heat)
+        rows.append(np.concatenate(panels, axis=1))
+    return (np.clip(np.concatenate(rows, axis=0), 0, 1) * 255).round().astype(np.uint8)
+
+
+def _png(array: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def write_int_maps(model: EI, inputs: dict[str, torch.Tensor], out_dir: str | os.PathLike,
+                   case_ids: Sequence[str] | None = None, present: dict[str, torch.Tensor] | None = None,
+                   alpha: float = 0.5) -> list[Path]:
+    """Write ``<case_id>_<modality>.png`` overlays (see :func:`render_int_overlay`) for every present target.
+
+    Returns:
+        The written files, in case then modality order.
+    """
+    maps = int_similarity_maps(model, inputs, present)
+    n = next(iter(inputs.values())).shape[0]
+    ids = list(case_ids) if case_ids is not None else [f"case{i}" for i in range(n)]
+    if len(ids) != n:
+        raise ConfigError(f"write_int_maps: {len(ids)} case ids for a batch of {n}")
+    out_dir = Path(out_dir)
+    written = []
+    for i, cid in enumerate(ids):
+        for m in model.modalities:
+            if present is not None and m in present and not bool(present[m][i]):
+                continue
+            branch = model.primary[m]
+            x = inputs[m][i: i + 1]
+            if branch.is_volume:
+                x = x.transpose(1, 2)
+            slices = x.reshape(branch.num_slices, branch.slice_chans, *x.shape[-2:]).float().cpu().numpy()
+            panel = render_int_overlay(slices, maps[m]["without_int"][i], maps[m]["with_int"][i],
+                                       branch.vfm.patch_size, alpha)
+            path = out_dir / f"{cid}_{m}.png"
+            atomic_write_bytes(path, _png(panel))
+            written.append(path)
+    _log.info("wrote %d [INT] map(s) to %s", len(written), out_dir)
+    return written
+
+
+def int_maps_for_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None, split: str = "test",
+                     max_cases: int = 8) -> list[Path]:
+    """[INT] maps of a finished EI run for the first ``max_cases`` cases of ``split``.
+
+    Args:
+        run_dir: the EI run folder (for ``ei_two_stage``: its ``stage2_ei`` folder).
+        out_dir: default ``<run_dir>/plots/int_maps``.
+
+    Raises:
+        ConfigError: the run is not an EI run, or ``split`` is not one of its splits.
+    """
+    from mmdiag.data.dataset import CaseDataset, collate_cases
+    from mmdiag.data.sources import load_table
+    from mmdiag.evaluation.infer import Predictor
+
+    run_dir = Path(run_dir)
+    predictor = Predictor(run_dir)
+    cfg = predictor.cfg
+    splits = json.loads((run_dir / "splits.json").read_text())["split"]
+    if split not in splits:
+        raise ConfigError(f"split {split!r} is not in {run_dir / 'splits.json'}; splits: {list(splits)}")
+    table = load_table(cfg.data.dataset, cfg.data.root, cfg.data.options)
+    pos = {c.case_id: i for i, c in enumerate(table.cases)}
+    indices = [pos[c] for c in splits[split] if c in pos][:max_cases]
+    if not indices:
+        raise ConfigError(f"split {split!r} of {str(run_dir)!r} has no case of the dataset any more")
+    ds = CaseDataset(table, indices, predictor.encoders, modalities=list(predictor.spec.modalities), seed=cfg.seed)
+    batch = predictor.transform(collate_cases([ds[i] for i in range(len(ds))]), train=False)
+    model = predictor.model.eval()
+    return write_int_maps(model, batch["inputs"], out_dir or run_dir / "plots" / "int_maps", batch["case_id"],
+                          batch["present"])
