@@ -11,7 +11,6 @@ import yaml
 import mmdiag.training.ei_recipe  # noqa: F401  (registers the recipe)
 from mmdiag.config import load_config
 from mmdiag.errors import ConfigError
-from mmdiag.explain.int_maps import int_maps_for_run
 from mmdiag.io.checkpoint import load_state_dict_file
 from mmdiag.training.ei_recipe import _prior, stage_configs
 from mmdiag.training.recipes import run_experiment
@@ -60,7 +59,10 @@ def test_two_stages_end_to_end_with_resume_and_int_maps(tmp_path, manifest_yaml)
     with pytest.raises(ConfigError, match="already holds a run"):
         run_experiment(cfg)
 
-    maps = int_maps_for_run(result.run_dir, max_cases=2)
+    from mmdiag.cli.main import main
+
+    assert main(["explain", "int-maps", "--run", str(result.run_dir), "--cases", "2"]) == 0
+    maps = sorted((result.run_dir / "plots" / "int_maps").glob("*.png"))
     assert sorted(p.name for p in maps) == sorted(f"{c}_{m}.png" for c in {p.name.split("_")[0] for p in maps}
                                                   for m in ("photo", "scope"))
     assert len(maps) == 4 and all(p.parent == result.run_dir / "plots" / "int_maps" for p in maps)

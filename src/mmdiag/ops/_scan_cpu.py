@@ -2,19 +2,20 @@
 
 Layout (see docs/scan.md for the reasoning and the measured costs):
 
-- Work is split into tasks of (batch, group, block of ``w`` channels); ``prange`` runs the tasks on numba's
-  thread pool. The ``w`` channels of a block share ``B_t`` and ``C_t``, so the innermost loop runs over channels
-  ("lanes") with contiguous, independent state ``h[k, :]``: it vectorises (AVX2/AVX-512) with no cross-lane work in
-  the forward pass.
+- Work is split into tasks of (batch, group, block of ``w`` channels), run by ``torch.get_num_threads()`` threads
+  calling ``nogil`` kernels (numba's ``parallel=True`` compiled 4x slower for no run-time gain). The ``w`` channels
+  of a block share ``B_t`` and ``C_t``, so the innermost loop runs over channels ("lanes") with contiguous,
+  independent state ``h[k, :]``: it vectorises (AVX2/AVX-512) with no cross-lane work in the forward pass.
 - ``exp`` in float32 is a Cody-Waite range reduction plus a degree-6 polynomial written in numba so LLVM vectorises
   it (numba's ``math.exp`` is a scalar libm call without Intel SVML). float64 uses ``math.exp``.
-- Time is processed in chunks of ``_CHUNK`` steps. The forward keeps only the state at each chunk start
-  (``b * ceil(l / T) * n * d`` values); the backward recomputes each chunk's states and decay factors into
-  cache-sized buffers and runs the adjoint recurrence backwards through the chunk.
+- Time is processed in chunks of ``_CHUNK`` steps, copied into small time-major buffers. With grad, the forward
+  keeps only the state at each chunk start (``b * ceil(l / T) * n * d`` values); the backward recomputes each
+  chunk's states and decay factors into cache-sized buffers and runs the adjoint recurrence backwards through it.
 - Only ``fastmath={"contract"}`` (FMA) is used in the forward; the backward adds ``"reassoc"`` so the sums over
   lanes for ``dB``/``dC`` vectorise. Agreement with the reference is tested.
 
-Compilation is lazy (first call, about 10-20 s per dtype) and cached on disk (``cache=True``).
+Compilation is lazy (first call: ~18 s for float32 forward + backward, ~13 s for float64) and cached on disk
+(``cache=True``; later processes load it in under a second).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from torch import Tensor
 __all__ = ["fused_scan", "unavailable_reason"]
 
 _CHUNK = 32  # time steps per chunk = checkpoint interval of the backward
-_MAX_LANES = 64  # channels per task; a multiple of 16 keeps AVX-512 / AVX2 vectors full
+_MAX_LANES = 96  # channels per task (measured best of 32-96); a multiple of 16 keeps AVX-512 / AVX2 vectors full
 _FWD_FLAGS = {"contract"}
 _BWD_FLAGS = {"contract", "reassoc"}
 _JIT = dict(cache=True, error_model="numpy", boundscheck=False)
@@ -132,7 +133,7 @@ def _one_overload(a):
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Per-block building blocks (serial; called from the prange loops)
+# Per-task building blocks
 
 
 @njit(fastmath=_FWD_FLAGS, **_JIT)
@@ -162,25 +163,23 @@ def _load_chunk(u, delta, bias, softplus, c0, t0, tn, uc, xc, dtc, duc):
     """
     _load_rows(u, c0, t0, tn, uc)
     _load_rows(delta, c0, t0, tn, xc)
+    w = dtc.shape[1]
     for t in range(tn):
-        for j in range(dtc.shape[1]):
-            x = xc[t, j] + bias[c0 + j]
-            xc[t, j] = x
-            dtc[t, j] = _softplus(x) if softplus else x
+        for j in range(w):
+            xc[t, j] += bias[c0 + j]
+    if softplus:  # branches stay outside the loops: a select inside would evaluate both sides for every element
+        for t in range(tn):
+            for j in range(w):
+                dtc[t, j] = _softplus(xc[t, j])
+    else:
+        dtc[:tn] = xc[:tn]
+    for t in range(tn):
+        for j in range(w):
             duc[t, j] = dtc[t, j] * uc[t, j]
 
 
 @njit(fastmath=_FWD_FLAGS, **_JIT)
-def _load_bc(Bm, Cm, t0, tn, Bc, Cc):
-    """Copy ``tn`` steps of B and C, (n, l) rows, into time-major (T, n) buffers."""
-    for k in range(Bc.shape[1]):
-        for t in range(tn):
-            Bc[t, k] = Bm[k, t0 + t]
-            Cc[t, k] = Cm[k, t0 + t]
-
-
-@njit(fastmath=_FWD_FLAGS, **_JIT)
-def _scan_chunk(dtc, duc, Ab, Bc, Cc, h, yc, tn, Hs, As, keep):
+def _scan_chunk(dtc, duc, Ab, Bm, Cm, t0, h, yc, tn, Hs, As, keep):
     """Run the recurrence over one chunk: ``h <- exp(dt A) h + du B``, ``yc[t] = sum_k C h``.
 
     With ``keep``, also store the states (``Hs[t + 1]``; ``Hs[0]`` = state before the chunk) and decay factors.
@@ -194,8 +193,8 @@ def _scan_chunk(dtc, duc, Ab, Bc, Cc, h, yc, tn, Hs, As, keep):
         for j in range(w):
             yc[t, j] = 0.0
         for k in range(n):
-            bk = Bc[t, k]
-            ck = Cc[t, k]
+            bk = Bm[k, t0 + t]  # B and C enter as scalars: read in place, no transposing copy
+            ck = Cm[k, t0 + t]
             if keep:
                 for j in range(w):
                     a = _exp(dtc[t, j] * Ab[k, j])
@@ -212,7 +211,7 @@ def _scan_chunk(dtc, duc, Ab, Bc, Cc, h, yc, tn, Hs, As, keep):
 
 
 @njit(fastmath=_BWD_FLAGS, **_JIT)
-def _adjoint_chunk(dtc, duc, dyc, Ab, Bc, Cc, Hs, As, G, dA, dB, dC, t0, ddtc, dduc, tn):
+def _adjoint_chunk(dtc, duc, dyc, Ab, Bm, Cm, Hs, As, G, dA, dB, dC, t0, ddtc, dduc, tn):
     """Reverse-time adjoint over one chunk.
 
     ``G`` enters as ``exp(dt_{t+1} A) G_{t+1}`` of the step after the chunk and leaves the same for the chunk start.
@@ -225,8 +224,8 @@ def _adjoint_chunk(dtc, duc, dyc, Ab, Bc, Cc, Hs, As, G, dA, dB, dC, t0, ddtc, d
             ddtc[t, j] = 0.0
             dduc[t, j] = 0.0
         for k in range(n):
-            bk = Bc[t, k]
-            ck = Cc[t, k]
+            bk = Bm[k, t0 + t]  # B and C enter as scalars: read in place, no transposing copy
+            ck = Cm[k, t0 + t]
             acc_b = _one(G) - _one(G)
             acc_c = acc_b
             for j in range(w):
@@ -244,7 +243,7 @@ def _adjoint_chunk(dtc, duc, dyc, Ab, Bc, Cc, Hs, As, G, dA, dB, dC, t0, ddtc, d
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Parallel kernels
+# Task kernels
 
 
 @njit(**_JIT)
@@ -279,8 +278,6 @@ def _fwd_task(task, u, delta, bias, softplus, A, B, C, D, z, y, ckpt, last, w):
     h = np.zeros((n, nv), u.dtype)
     bufs = np.empty((6, _CHUNK, nv), u.dtype)
     uc, xc, dtc, duc, yc, zc = bufs[0], bufs[1], bufs[2], bufs[3], bufs[4], bufs[5]
-    Bc = np.empty((_CHUNK, n), u.dtype)
-    Cc = np.empty((_CHUNK, n), u.dtype)
     unused = np.empty((1, 1, 1), u.dtype)
     for t0 in range(0, l, _CHUNK):
         tn = min(_CHUNK, l - t0)
@@ -289,14 +286,15 @@ def _fwd_task(task, u, delta, bias, softplus, A, B, C, D, z, y, ckpt, last, w):
                 for j in range(nv):
                     ckpt[bi, t0 // _CHUNK, k, c0 + j] = h[k, j]
         _load_chunk(u[bi], delta[bi], bias, softplus, c0, t0, tn, uc, xc, dtc, duc)
-        _load_bc(B[bi, gi], C[bi, gi], t0, tn, Bc, Cc)
-        _scan_chunk(dtc, duc, Ab, Bc, Cc, h, yc, tn, unused, unused, False)
-        if has_z:
-            _load_rows(z[bi], c0, t0, tn, zc)
+        _scan_chunk(dtc, duc, Ab, B[bi, gi], C[bi, gi], t0, h, yc, tn, unused, unused, False)
         for t in range(tn):
             for j in range(nv):
-                v = yc[t, j] + D[c0 + j] * uc[t, j]
-                yc[t, j] = v * zc[t, j] / (one + _exp(-zc[t, j])) if has_z else v
+                yc[t, j] += D[c0 + j] * uc[t, j]
+        if has_z:
+            _load_rows(z[bi], c0, t0, tn, zc)
+            for t in range(tn):
+                for j in range(nv):
+                    yc[t, j] *= zc[t, j] / (one + _exp(-zc[t, j]))
         _store_rows(yc, y[bi], c0, t0, tn)
     for j in range(nv):
         for k in range(n):
@@ -328,8 +326,6 @@ def _bwd_task(task, u, delta, bias, softplus, A, B, C, D, z, ckpt, dy, dlast, w,
     bufs = np.empty((9, _CHUNK, nv), u.dtype)
     uc, xc, dtc, duc, yc, zc = bufs[0], bufs[1], bufs[2], bufs[3], bufs[4], bufs[5]
     dyc, ddtc, dduc = bufs[6], bufs[7], bufs[8]
-    Bc = np.empty((_CHUNK, n), u.dtype)
-    Cc = np.empty((_CHUNK, n), u.dtype)
     dB_blk = dB[bi, gi * nblk + blk]
     dC_blk = dC[bi, gi * nblk + blk]
     for ci in range(ckpt.shape[1] - 1, -1, -1):
@@ -339,33 +335,33 @@ def _bwd_task(task, u, delta, bias, softplus, A, B, C, D, z, ckpt, dy, dlast, w,
             for j in range(nv):
                 h[k, j] = ckpt[bi, ci, k, c0 + j]
         _load_chunk(u[bi], delta[bi], bias, softplus, c0, t0, tn, uc, xc, dtc, duc)
-        _load_bc(B[bi, gi], C[bi, gi], t0, tn, Bc, Cc)
-        _scan_chunk(dtc, duc, Ab, Bc, Cc, h, yc, tn, Hs, As, True)
+        _scan_chunk(dtc, duc, Ab, B[bi, gi], C[bi, gi], t0, h, yc, tn, Hs, As, True)
         # Output gate: dy -> gradient of the scan output (dyc), dz and dD; D's direct path into du is added below.
         _load_rows(dy[bi], c0, t0, tn, dyc)
         if has_z:
             _load_rows(z[bi], c0, t0, tn, zc)
-        for t in range(tn):
-            for j in range(nv):
-                g_out = dyc[t, j]
-                if has_z:
+            for t in range(tn):
+                for j in range(nv):
                     zt = zc[t, j]
                     sig = one / (one + _exp(-zt))
-                    zc[t, j] = g_out * (yc[t, j] + D[c0 + j] * uc[t, j]) * sig * (one + zt * (one - sig))  # dz
-                    g_out = g_out * zt * sig
-                dyc[t, j] = g_out
-                dD_task[j] += g_out * uc[t, j]
-        if has_z:
+                    zc[t, j] = dyc[t, j] * (yc[t, j] + D[c0 + j] * uc[t, j]) * sig * (one + zt * (one - sig))  # dz
+                    dyc[t, j] *= zt * sig
             _store_rows(zc, dz[bi], c0, t0, tn)
-        _adjoint_chunk(dtc, duc, dyc, Ab, Bc, Cc, Hs, As, G, dA_task, dB_blk, dC_blk, t0, ddtc, dduc, tn)
         for t in range(tn):
             for j in range(nv):
-                g_dt = ddtc[t, j] + dduc[t, j] * uc[t, j]
-                if softplus:  # softplus' = sigmoid
-                    g_dt = g_dt / (one + _exp(-xc[t, j]))
-                ddtc[t, j] = g_dt
-                dbias_task[j] += g_dt
+                dD_task[j] += dyc[t, j] * uc[t, j]
+        _adjoint_chunk(dtc, duc, dyc, Ab, B[bi, gi], C[bi, gi], Hs, As, G, dA_task, dB_blk, dC_blk, t0, ddtc, dduc, tn)
+        for t in range(tn):
+            for j in range(nv):
+                ddtc[t, j] += dduc[t, j] * uc[t, j]
                 dduc[t, j] = dduc[t, j] * dtc[t, j] + dyc[t, j] * D[c0 + j]
+        if softplus:  # softplus' = sigmoid
+            for t in range(tn):
+                for j in range(nv):
+                    ddtc[t, j] /= one + _exp(-xc[t, j])
+        for t in range(tn):
+            for j in range(nv):
+                dbias_task[j] += ddtc[t, j]
         _store_rows(dduc, du[bi], c0, t0, tn)
         _store_rows(ddtc, ddelta[bi], c0, t0, tn)
     for j in range(nv):
@@ -411,7 +407,7 @@ def _np(t: Tensor) -> np.ndarray:
 
 class _FusedScan(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state):
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, keep_states):
         ctype = torch.float64 if u.dtype == torch.float64 else torch.float32
         b, d, l = u.shape
         n = A.shape[1]
@@ -422,11 +418,13 @@ class _FusedScan(torch.autograd.Function):
         uc, dc, Ac = prep(u, ()), prep(delta, ()), prep(A, ())
         Bg, Cg = prep(B if B.dim() == 4 else B[:, None], ()), prep(C if C.dim() == 4 else C[:, None], ())
         Dc, biasc, zc = prep(D, (d,)), prep(delta_bias, (d,)), prep(z, (b, 0, 0))
-        ckpt = u.new_empty(b, -(-l // _CHUNK) if any(ctx.needs_input_grad[:8]) else 0, n, d, dtype=ctype)
+        ckpt = u.new_empty(b, -(-l // _CHUNK) if keep_states else 0, n, d, dtype=ctype)
         y = u.new_empty(b, d, l, dtype=ctype)
         last = u.new_empty(b, d, n, dtype=ctype)
-        w = _lanes(b, Bg.shape[1], d // Bg.shape[1])
-        _run(_fwd_kernel, b * Bg.shape[1] * -(-(d // Bg.shape[1]) // w), uc, dc, biasc, delta_softplus, Ac, Bg, Cg, Dc, zc, y, ckpt, last, w)
+        g = Bg.shape[1]
+        w = _lanes(b, g, d // g)
+        ntask = b * g * -(-(d // g) // w)
+        _run(_fwd_kernel, ntask, uc, dc, biasc, delta_softplus, Ac, Bg, Cg, Dc, zc, y, ckpt, last, w)
         ctx.save_for_backward(uc, dc, biasc, Ac, Bg, Cg, Dc, zc, ckpt)
         ctx.w, ctx.softplus = w, delta_softplus
         # dtype and shape of each input's gradient
@@ -459,7 +457,7 @@ class _FusedScan(torch.autograd.Function):
             dz,
             dbias.sum(0),
         )
-        return *(None if m is None else gr.to(m[0]).view(m[1]) for gr, m in zip(grads, ctx.like)), None, None
+        return *(None if m is None else gr.to(m[0]).view(m[1]) for gr, m in zip(grads, ctx.like)), None, None, None
 
 
 def _run(kernel, ntask: int, *args) -> None:
@@ -477,4 +475,7 @@ def _run(kernel, ntask: int, *args) -> None:
 
 def fused_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state):
     """Selective scan on CPU tensors with the numba kernels; arguments as in ``selective_scan`` (already checked)."""
-    return _FusedScan.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+    inputs = (u, delta, A, B, C, D, z, delta_bias)
+    # Chunk-start states are kept only when a backward can follow (needs_input_grad ignores torch.no_grad()).
+    keep = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs)
+    return _FusedScan.apply(*inputs, delta_softplus, return_last_state, keep)

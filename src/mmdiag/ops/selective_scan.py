@@ -128,11 +128,14 @@ def selective_scan(
     z: Tensor | None = None,
     delta_bias: Tensor | None = None,
     delta_softplus: bool = False,
-    return_last_state: bool = False,
     *,
+    return_last_state: bool = False,
     impl: Impl = "auto",
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Selective scan with mamba_ssm's ``selective_scan_fn`` semantics; see :func:`selective_scan_ref` for arguments.
+
+    ``return_last_state`` and ``impl`` are keyword-only, so a positional call written for ``selective_scan_fn``
+    cannot pass an ``impl`` string as ``return_last_state`` silently.
 
     Args:
         impl: ``"ref"`` (sequential loop), ``"torch"`` (chunked pure PyTorch, any device), ``"fused"`` (numba CPU

@@ -42,7 +42,7 @@ from mmdiag.training.checkpoint_io import SafetensorsCheckpointIO, read_checkpoi
 from mmdiag.training.losses import MultiTaskLoss, balanced_class_weights
 from mmdiag.training.system import MultimodalSystem
 
-__all__ = ["RunResult", "train", "evaluate_run", "run_dir_for"]
+__all__ = ["RunResult", "train", "evaluate_run", "run_dir_for", "datamodule_for"]
 
 _log = logging.getLogger(__name__)
 # Lightning's notices that do not apply here: the batch transform lives in the system by design, tips, deprecations.
@@ -68,7 +68,8 @@ def _write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, default=str))
 
 
-def _datamodule(cfg: ExperimentConfig, run_dir: Path | None = None) -> MultimodalDataModule:
+def datamodule_for(cfg: ExperimentConfig, run_dir: Path | None = None) -> MultimodalDataModule:
+    """The data module of ``cfg``; with the folder of an existing run, its saved split and tabular statistics."""
     table = load_table(cfg.data.dataset, cfg.data.root, cfg.data.options)
     split = encoders = None
     if run_dir is not None and (run_dir / "splits.json").is_file():
@@ -128,7 +129,7 @@ def train(cfg: ExperimentConfig, run_dir: str | Path | None = None, resume: bool
         raise ConfigError(f"run folder {str(run_dir)!r} already holds a run; pass --resume to continue it or choose "
                           f"another name/output")
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    dm = _datamodule(cfg, run_dir if resume else None)
+    dm = datamodule_for(cfg, run_dir if resume else None)
     dm.setup("fit")
     model = build_for_dataset(dm.spec, cfg.model.name, cfg.model.options, cfg.model.checkpoint, cfg.model.peft,
                               cfg.model.peft_options)
@@ -211,7 +212,7 @@ def evaluate_run(run_dir: str | Path, split: str = "test") -> dict[str, Any]:
 
     predictor = Predictor(run_dir)
     cfg, model, transform = predictor.cfg, predictor.model, predictor.transform
-    dm = _datamodule(cfg, Path(run_dir))
+    dm = datamodule_for(cfg, Path(run_dir))
     dm.setup("test")
     if split not in dm.datasets:
         raise ConfigError(f"split {split!r} does not exist; splits: {list(dm.datasets)}")

@@ -163,7 +163,7 @@ def test_forward_shapes(kwargs, size, expected_map):
 def test_bad_input_and_options_raise():
     model = create_model("tiny_medmamba")
     with pytest.raises(ValueError, match="not divisible by the patch size 4"):
-        model(torch.randn(1, 3, 30, 32))
+        model(torch.randn(1, 3, 34, 32))
     with pytest.raises(ValueError, match=r"expected input \(B, 3, H, W\), got shape \(1, 1, 32, 32\)"):
         model(torch.randn(1, 1, 32, 32))
     with pytest.raises(ConfigError, match="block_variant must be one of"):
