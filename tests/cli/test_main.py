@@ -90,3 +90,16 @@ def test_ddp_two_processes_match_one_process(tmp_path):
     assert one.keys() == two.keys()
     for k in one:
         assert (one[k] - two[k]).abs().max() < 1e-5, k
+
+
+def test_summary_means_over_runs(tmp_path, capsys):
+    for name, m in (("a", 0.6), ("b", 0.8)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.json").write_text(json.dumps(
+            {"mean": {"map": m, "auc": m + 0.1, "s2": m, "acc": m}, "run": {"dataset": name}}))
+    (tmp_path / "recipe" / "stage2_ei").mkdir(parents=True)  # a recipe folder: its stage's metrics are used
+    (tmp_path / "recipe" / "stage2_ei" / "metrics.json").write_text(json.dumps(
+        {"mean": {"map": 1.0, "auc": 1.0, "s2": 1.0, "acc": 1.0}, "run": {"dataset": "c"}}))
+    assert main(["summary", str(tmp_path / "a"), str(tmp_path / "b"), str(tmp_path / "recipe")]) == 0
+    out = capsys.readouterr().out
+    assert "| **MEAN** | | 0.8000 | 0.8667 | 0.8000 | 0.8000 |" in out

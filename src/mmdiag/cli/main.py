@@ -110,6 +110,19 @@ def _configs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _summary(args: argparse.Namespace) -> int:
+    from mmdiag.evaluation.report import fmt
+    from mmdiag.evaluation.stats import summarize_runs
+
+    rows, mean = summarize_runs(args.runs, args.metrics)
+    print("| run | dataset | " + " | ".join(args.metrics) + " |")
+    print("|---|---|" + "---|" * len(args.metrics))
+    for r in rows:
+        print(f"| {r['run']} | {r['dataset']} | " + " | ".join(fmt(r[m]) for m in args.metrics) + " |")
+    print("| **MEAN** | | " + " | ".join(fmt(mean[m]) for m in args.metrics) + " |")
+    return 0
+
+
 def _print_metrics(metrics: dict) -> None:
     from mmdiag.evaluation.report import fmt
 
@@ -166,6 +179,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     ds = sub.add_parser("datasets", help="list registered datasets")
     ds.set_defaults(fn=_datasets)
+    su = sub.add_parser("summary", help="mean-over-tasks metrics of several runs (e.g. one per dataset) and their MEAN")
+    su.add_argument("runs", nargs="+", help="run folders (a recipe's folder: its final stage is used)")
+    su.add_argument("--metrics", nargs="+", default=["map", "auc", "s2", "acc"], help="metric keys (default: mAP, "
+                    "mAUC, mS2, ACC)")
+    su.set_defaults(fn=_summary)
     cf = sub.add_parser("configs", help="list the experiment configs shipped with mmdiag (usable as --config NAME)")
     cf.set_defaults(fn=_configs)
     for module in VERB_MODULES:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import numbers
+import os
 import warnings
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -165,3 +168,22 @@ def bootstrap_ci(
         logger.info("bootstrap_ci: %d of %d resamples skipped (single class or NaN)", n_boot - len(scores), n_boot)
     low, high = np.percentile(scores, [100.0 * alpha / 2, 100.0 * (1.0 - alpha / 2)])
     return float(low), float(high)
+
+
+def summarize_runs(run_dirs: Sequence[str | os.PathLike], metrics: Sequence[str] = ("map", "auc", "s2", "acc")
+                   ) -> tuple[list[dict[str, Any]], dict[str, float]]:
+    """Each run's mean-over-tasks metrics (from its ``metrics.json``) and their mean over runs — EI's "MEAN" column
+    when the runs are one per dataset. A folder without ``metrics.json`` (a recipe's) uses its last stage's.
+
+    Raises:
+        ValueError: a folder holds no finished run.
+    """
+    rows = []
+    for run in map(Path, run_dirs):
+        found = sorted(run.glob("*/metrics.json")) if not (run / "metrics.json").is_file() else [run / "metrics.json"]
+        if not found:
+            raise ValueError(f"{str(run)!r} holds no metrics.json (is it a finished run?)")
+        data = json.loads(found[-1].read_text())
+        rows.append({"run": run.name, "dataset": data.get("run", {}).get("dataset", "?"),
+                     **{m: data["mean"].get(m, math.nan) for m in metrics}})
+    return rows, {m: float(np.nanmean([r[m] for r in rows])) for m in metrics}

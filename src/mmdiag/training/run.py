@@ -6,6 +6,7 @@ A run folder holds::
     splits.json          case ids per split, and the tabular encoders' fitted statistics
     checkpoints/         last.ckpt and best.ckpt (safetensors + JSON run state; see checkpoint_io)
     model.safetensors    the best weights alone (loadable with create_model(..., checkpoint=...))
+    adapter.safetensors  with PEFT: the adapters and trained heads only (mmdiag.models.peft.load_adapter_checkpoint)
     run_state.json       status, epochs, best score, timings
     logs/csv, logs/tb    CSV and TensorBoard logs
     report.md, metrics.json, predictions.csv, plots/
@@ -189,6 +190,11 @@ def train(cfg: ExperimentConfig, run_dir: str | Path | None = None, resume: bool
     if not trainer.is_global_zero:
         return RunResult(run_dir, {}, {})
     save_weights(model, run_dir / "model.safetensors")
+    if any(getattr(m, "peft_config", None) is not None for m in model.modules()):
+        from mmdiag.models.peft import adapter_checkpoint
+
+        adapters, meta = adapter_checkpoint(model)
+        save_weights(adapters, run_dir / "adapter.safetensors", metadata=meta)
     total, trainable = _count(model)
     summary = {
         "name": cfg.name, "dataset": dm.spec.name, "model": cfg.model.name,

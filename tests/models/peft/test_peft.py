@@ -385,3 +385,34 @@ def test_methods_on_registered_vit_with_registers(method):
         assert all(isinstance(b, VPTBlock) and b.num_prefix_tokens == 5 for b in model.blocks)
     else:
         assert torch.equal(out, base(x))
+
+
+def test_run_level_adapter_checkpoint_covers_every_adapted_part():
+    """A model holding two adapted sub-models (as EI does) saves and reloads only their adapters and heads."""
+    from mmdiag.models.peft import adapter_checkpoint, load_adapter_checkpoint
+
+    def build(seed):
+        torch.manual_seed(seed)
+        pair = nn.ModuleDict({"a": mmdiag.create_model("tiny_dinov2", num_classes=2),
+                              "b": mmdiag.create_model("tiny_dinov2", num_classes=2)})
+        torch.manual_seed(0)  # same base weights in both copies
+        for m in pair.values():
+            for p in m.parameters():
+                p.data.normal_()
+        for m in pair.values():
+            apply_peft(m, "lora")
+        return pair
+
+    src = build(1)
+    for p in src.parameters():
+        if p.requires_grad:
+            p.data.uniform_()
+    state, meta = adapter_checkpoint(src)
+    assert all(k.startswith(("a.", "b.")) for k in state) and "lora" in meta["peft"]
+    assert sum(v.numel() for v in state.values()) == sum(p.numel() for p in src.parameters() if p.requires_grad)
+    dst = load_adapter_checkpoint(build(2), state)
+    x = torch.rand(1, 3, 28, 28)
+    for k in ("a", "b"):
+        torch.testing.assert_close(dst[k](x), src[k](x))
+    with pytest.raises(CheckpointError, match="belongs to no PEFT-adapted part"):
+        load_adapter_checkpoint(build(2), {"c.x": torch.zeros(1)})

@@ -39,6 +39,8 @@ from mmdiag.models.peft.mor import MoR, MoRConfig, MoRNoBypassConfig
 from mmdiag.models.peft.vpt import VPTBlock, VptConfig
 
 __all__ = [
+    "adapter_checkpoint",
+    "load_adapter_checkpoint",
     "apply_peft",
     "trainable_parameter_report",
     "adapter_state_dict",
@@ -211,6 +213,44 @@ def load_adapter_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor])
     with torch.no_grad():
         for key, tensor in own.items():
             tensor.copy_(state[key])
+    return model
+
+
+def _peft_roots(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    return [(name, m) for name, m in model.named_modules() if getattr(m, "peft_config", None) is not None]
+
+
+def adapter_checkpoint(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Adapter-only tensors of every PEFT-adapted sub-model of ``model`` (several for EI: one per VFM), keyed by
+    their full state-dict names, and metadata recording each sub-model's method and options (JSON)."""
+    import json
+
+    roots = _peft_roots(model)
+    if not roots:
+        raise ConfigError(f"{type(model).__name__} has no PEFT method applied; nothing to save as adapters")
+    state, meta = {}, {}
+    for name, sub in roots:
+        prefix = f"{name}." if name else ""
+        state.update({prefix + k: v for k, v in adapter_state_dict(sub).items()})
+        meta[name or "<root>"] = {"method": sub.peft_config.method, "options": sub.peft_config.model_dump(mode="json")}
+    return state, {"peft": json.dumps(meta)}
+
+
+def load_adapter_checkpoint(model: nn.Module, state: Mapping[str, torch.Tensor]) -> nn.Module:
+    """Load an :func:`adapter_checkpoint` into ``model`` built and adapted the same way (strict per sub-model).
+
+    Raises:
+        CheckpointError: a sub-model's keys or shapes differ (listed), or keys belong to no adapted sub-model.
+    """
+    roots = sorted(_peft_roots(model), key=lambda r: -len(r[0]))
+    parts: dict[str, dict[str, torch.Tensor]] = {name: {} for name, _ in roots}
+    for key, value in state.items():
+        owner = next((name for name, _ in roots if not name or key.startswith(name + ".")), None)
+        if owner is None:
+            raise CheckpointError(f"adapter key {key!r} belongs to no PEFT-adapted part of {type(model).__name__}")
+        parts[owner][key[len(owner) + 1:] if owner else key] = value
+    for name, sub in roots:
+        load_adapter_state_dict(sub, parts[name])
     return model
 
 
