@@ -1,5 +1,7 @@
 """Every registered model: builds, runs without NaN, reaches every trainable parameter, round-trips safetensors."""
 
+import inspect
+
 import pytest
 import torch
 from safetensors.torch import load, save
@@ -7,10 +9,11 @@ from safetensors.torch import load, save
 from mmdiag import create_model, list_models
 from mmdiag.data.synthetic import synthetic
 from mmdiag.errors import MmdiagError
+from mmdiag.models.outputs import AUX_KEY, AUX_LOSS_KEY
 from mmdiag.registry import MODELS
 
 SPEC = synthetic(n_cases=20).spec
-MULTIMODAL = [n for n in list_models(include_hidden=True) if "spec" in MODELS.get(n).__code__.co_varnames]
+MULTIMODAL = [n for n in list_models(include_hidden=True) if "spec" in inspect.signature(MODELS.get(n)).parameters]
 IMAGE = [n for n in list_models("tiny_*")]
 
 
@@ -19,10 +22,15 @@ def _x(b=2):
 
 
 def _build(name):
-    options = {"modality": "clinical"} if name == "unimodal" else {}
-    if "vfm" in MODELS.get(name).__code__.co_varnames:
-        options["vfm"] = "tiny_dinov2"
-    return create_model(name, spec=SPEC, **options)
+    """Tiny settings: foundation-model families get a 2-block ViT and the image modalities only (they take images)."""
+    fn = MODELS.get(name)
+    params = inspect.signature(fn).parameters
+    options, spec = {}, SPEC
+    if fn.__module__.rsplit(".", 1)[-1] in ("ei", "vfm_baselines"):
+        options["vfm"], spec = "tiny_dinov2", SPEC.restrict(["clinical", "dermoscopy"])
+    if "modality" in params and params["modality"].default is inspect.Parameter.empty:
+        options["modality"] = "clinical"
+    return create_model(name, spec=spec, **options)
 
 
 @pytest.mark.parametrize("name", MULTIMODAL)
@@ -31,7 +39,10 @@ def test_multimodal_contract(name):
     model = _build(name)
     out = model(_x())
     assert torch.isfinite(out["diagnosis"]).all() and out["diagnosis"].shape == (2, 8)
-    out["diagnosis"].sum().backward()
+    total = out["diagnosis"].sum()  # plus the auxiliary terms: some branches learn only through them (EI)
+    total = total + sum(v.sum() for _, logits in out.get(AUX_KEY, {}).values() for v in logits.values())
+    total = total + sum(w * v for w, v in out.get(AUX_LOSS_KEY, {}).values())
+    total.backward()
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert trainable and all(p.grad is not None for p in model.parameters() if p.requires_grad)
 

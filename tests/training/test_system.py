@@ -4,7 +4,8 @@ from mmdiag.config.schema import OptimConfig, ScheduleConfig
 from mmdiag.data.synthetic import synthetic
 from mmdiag.data.transforms import BatchTransform
 from mmdiag.training.losses import MultiTaskLoss
-from mmdiag.training.system import AUX_KEY, AUX_LOSS_KEY, MultimodalSystem
+from mmdiag.models.outputs import AUX_KEY, AUX_LOSS_KEY
+from mmdiag.training.system import MultimodalSystem
 
 
 def test_auxiliary_terms_are_weighted_into_the_loss():

@@ -45,6 +45,7 @@ from mmdiag.models.backbones.medmamba import MedMambaStage, SSConvSSM
 from mmdiag.models.layers.patch_embed import PatchMerging
 from mmdiag.models.layers.ss2d import SS2D
 from mmdiag.models.layers.vss import VSSBlock
+from mmdiag.models.outputs import AUX_KEY, AUX_LOSS_KEY
 
 __all__ = [
     "CAMResult",
@@ -406,7 +407,7 @@ def _depends(out: Tensor, x: Tensor) -> bool:
 def _task_logits(out: Tensor | Mapping[str, Tensor], task: str | None) -> Tensor:
     if isinstance(out, Tensor):
         return out
-    tasks = [t for t in out if t != "aux"]
+    tasks = [t for t in out if t not in (AUX_KEY, AUX_LOSS_KEY)]
     task = task or tasks[0]
     if task not in tasks:
         raise UnknownNameError("task", task, tasks)

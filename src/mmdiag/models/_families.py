@@ -4,3 +4,5 @@
 from mmdiag.models.fusion import baselines
 from mmdiag.models.backbones import vit
 from mmdiag.models.backbones import medmamba
+from mmdiag.models.fusion import vfm_baselines
+from mmdiag.models.fusion import ei

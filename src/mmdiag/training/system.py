@@ -20,17 +20,12 @@ from mmdiag.data.schema import DatasetSpec
 from mmdiag.data.transforms import BatchTransform
 from mmdiag.errors import NonFiniteLossError
 from mmdiag.evaluation.metrics import evaluate_tasks
+from mmdiag.models.outputs import AUX_KEY, AUX_LOSS_KEY
 from mmdiag.training.losses import MultiTaskLoss
 from mmdiag.training.optim import build_optimizer, build_scheduler
 
-__all__ = ["MultimodalSystem", "probabilities", "AUX_KEY", "AUX_LOSS_KEY"]
+__all__ = ["MultimodalSystem", "probabilities"]
 
-AUX_KEY = "aux"
-"""A model's output may carry ``{AUX_KEY: {term: (weight, {task: logits})}}`` besides its task logits: each term is
-scored with the same task loss and added with its weight (e.g. EI's per-modality predictions)."""
-AUX_LOSS_KEY = "aux_loss"
-"""... and ``{AUX_LOSS_KEY: {term: (weight, scalar loss)}}`` for terms that are not a task loss on logits (e.g. EI's
-gate-versus-prior cross-entropy)."""
 
 _LOGGED = ("acc", "balanced_acc", "auc", "f1", "map", "s2", "sensitivity", "specificity")
 

@@ -10,7 +10,7 @@ from mmdiag.data.schema import DatasetSpec
 from mmdiag.errors import CheckpointError, ConfigError
 from mmdiag.io.checkpoint import save_weights
 from mmdiag.models.backbones.vit import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
-from mmdiag.models.fusion.ei import AUX_KEY, AUX_LOSS_KEY
+from mmdiag.models.outputs import AUX_KEY, AUX_LOSS_KEY
 from mmdiag.models.peft import trainable_parameter_report
 
 S = 28  # tiny_dinov2: patch 14 -> 2x2 grid, 1 [CLS] + 4 patches

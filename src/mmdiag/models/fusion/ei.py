@@ -48,17 +48,12 @@ from mmdiag.models.backbones.vit import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, Visio
 from mmdiag.models.layers.heads import TaskHeads
 from mmdiag.models.peft import apply_peft
 from mmdiag.models.peft.inject import build_peft_config
+from mmdiag.models.outputs import AUX_KEY, AUX_LOSS_KEY
 
-__all__ = ["UnimodalVFM", "INTAdapter", "EI", "EIBranches", "AUX_KEY", "AUX_LOSS_KEY", "VFM_OPTIONS"]
+__all__ = ["UnimodalVFM", "INTAdapter", "EI", "EIBranches", "VFM_OPTIONS"]
 
 _log = logging.getLogger(__name__)
 
-AUX_KEY = "aux"
-"""Key of the weighted auxiliary task-logit terms (the contract of ``mmdiag.training.system.AUX_KEY``)."""
-
-AUX_LOSS_KEY = "aux_loss"
-"""Key of ready loss terms ``{term: (weight, scalar tensor)}`` that do not compare logits with the task labels (EI's
-gate loss). The training system must add ``weight * value`` for each of them."""
 
 VFM_OPTIONS = ("vfm", "vfm_checkpoint", "vfm_peft", "vfm_peft_options", "vfm_options", "input_norm", "slices")
 """Options shared by :class:`EI` and its unimodal pre-adaptation model (``ei_unimodal``); a stage-1 run built with the
