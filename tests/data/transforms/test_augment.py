@@ -40,3 +40,12 @@ def test_bad_augment_entries_are_named():
         build_image_augment([{"p": 0.5}])
     with pytest.raises(ConfigError, match="RandFlip"):
         build_volume_transform([{"name": "RandFlip", "probability": 0.5}])
+
+
+def test_augmentation_that_resizes_is_a_named_error():
+    spec = DatasetSpec(name="s", modalities={"img": ImageModality(size=(8, 8))},
+                       tasks={"t": TaskSpec(type="binary", classes=("a", "b"))})
+    tf = BatchTransform(spec, build_image_augment([{"name": "RandomResizedCrop", "size": [16, 16]}]))
+    batch = {"inputs": {"img": torch.rand(2, 3, 8, 8)}, "present": {"img": torch.tensor([True, True])}}
+    with pytest.raises(ConfigError, match=r"modality 'img' from \(8, 8\) to \(16, 16\)"):
+        tf(batch, train=True)

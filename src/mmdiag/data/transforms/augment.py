@@ -100,7 +100,12 @@ class BatchTransform(nn.Module):
                 continue
             x = inputs[name]
             if train and self.augment is not None:
+                size = tuple(x.shape[2:])
                 x = self.augment(x).clamp(0.0, 1.0)  # colour ops may overshoot [0, 1] by rounding
+                if tuple(x.shape[2:]) != size:
+                    raise ConfigError(f"data.augment.image changes modality {name!r} from {size} to "
+                                      f"{tuple(x.shape[2:])}; give size-setting augmentations (e.g. "
+                                      f"RandomResizedCrop size) the modality's size")
             if name in self.norm:
                 mean, std = self.norm[name]
                 x = (x - mean.to(x)) / std.to(x)
