@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +106,31 @@ def _resolve(value: Any, case_id: str) -> Path:
     return path
 
 
+def _decode_cached(value: Any, what: str, case_id: str, cache: DecodeCache | None, shape: tuple[int, ...],
+                   decode: Callable[[Path], np.ndarray], finish: Callable[[torch.Tensor, Any], torch.Tensor],
+                   key_extra: str = "") -> torch.Tensor:
+    """Decode ``value`` (a path, or an array given directly) through ``decode`` and ``finish``, via the cache.
+
+    Raises:
+        DataError: missing file, or any decoder failure, naming the case and the file.
+    """
+    if isinstance(value, np.ndarray):
+        return finish(torch.from_numpy(value), "<array>")
+    path = _resolve(value, case_id)
+    key = cache.key(path, shape, key_extra) if cache else None
+    if key is not None and (hit := cache.get(key)) is not None:
+        return hit
+    try:
+        arr = decode(path)
+    except Exception as e:  # noqa: BLE001 - any decoder failure is reported with the case and file
+        raise DataError(f"case {case_id!r}: cannot read {what} {str(path)!r}: {type(e).__name__}: {e}",
+                        case_id, str(path)) from e
+    out = finish(torch.from_numpy(arr), path)
+    if key is not None:
+        cache.put(key, out)
+    return out
+
+
 def read_image(value: str | os.PathLike | np.ndarray, spec: ImageModality, *, case_id: str,
                cache: DecodeCache | None = None) -> torch.Tensor:
     """Decode a 2D image (file path or (H, W[, C]) array) to a (C, H, W) float tensor in [0, 1] of the spec's size.
@@ -113,20 +139,9 @@ def read_image(value: str | os.PathLike | np.ndarray, spec: ImageModality, *, ca
         DataError: the file is missing, unreadable or corrupt (naming the case and the file).
     """
     if isinstance(value, np.ndarray):
-        return _finish_image(torch.from_numpy(_scale01(value)), spec, case_id, "<array>")
-    path = _resolve(value, case_id)
-    key = cache.key(path, spec.shape) if cache else None
-    if key is not None and (hit := cache.get(key)) is not None:
-        return hit
-    try:
-        arr = _decode_2d(path)
-    except Exception as e:  # noqa: BLE001 - any decoder failure is reported with the case and file
-        raise DataError(f"case {case_id!r}: cannot read image {str(path)!r}: {type(e).__name__}: {e}",
-                        case_id, str(path)) from e
-    out = _finish_image(torch.from_numpy(_scale01(arr)), spec, case_id, path)
-    if key is not None:
-        cache.put(key, out)
-    return out
+        value = _scale01(value)
+    return _decode_cached(value, "image", case_id, cache, spec.shape, lambda p: _scale01(_decode_2d(p)),
+                          lambda x, path: _finish_image(x, spec, case_id, path))
 
 
 def _finish_image(x: torch.Tensor, spec: ImageModality, case_id: str, path: Any) -> torch.Tensor:
@@ -142,6 +157,15 @@ def _finish_image(x: torch.Tensor, spec: ImageModality, case_id: str, path: Any)
     return x.clamp_(0.0, 1.0).contiguous()
 
 
+def _decode_3d(path: Path) -> np.ndarray:
+    if path.suffix.lower() in _ARRAY_SUFFIXES:
+        return _load_array(path).astype(np.float32)
+    from monai.transforms import LoadImage
+
+    arr = np.asarray(LoadImage(image_only=True)(str(path)), dtype=np.float32)
+    return np.transpose(arr, (2, 0, 1)) if arr.ndim == 3 else arr  # MONAI gives (H, W, D); mmdiag uses (D, H, W)
+
+
 def read_volume(value: str | os.PathLike | np.ndarray, spec: VolumeModality, *, case_id: str,
                 cache: DecodeCache | None = None) -> torch.Tensor:
     """Decode a 3D volume (NIfTI, DICOM folder, .npy/.npz, or an array (D, H, W) / (C, D, H, W)) to (C, D, H, W).
@@ -152,27 +176,9 @@ def read_volume(value: str | os.PathLike | np.ndarray, spec: VolumeModality, *, 
         DataError: the file is missing, unreadable or of the wrong dimensionality.
     """
     if isinstance(value, np.ndarray):
-        return _finish_volume(torch.from_numpy(value.astype(np.float32)), spec, case_id, "<array>")
-    path = _resolve(value, case_id)
-    key = cache.key(path, spec.shape, str(spec.intensity_range)) if cache else None
-    if key is not None and (hit := cache.get(key)) is not None:
-        return hit
-    try:
-        if path.suffix.lower() in _ARRAY_SUFFIXES:
-            arr = _load_array(path).astype(np.float32)
-        else:
-            from monai.transforms import LoadImage
-
-            arr = np.asarray(LoadImage(image_only=True)(str(path)), dtype=np.float32)
-            if arr.ndim == 3:  # MONAI gives (H, W, D) spatial order; mmdiag uses (D, H, W)
-                arr = np.transpose(arr, (2, 0, 1))
-    except Exception as e:  # noqa: BLE001
-        raise DataError(f"case {case_id!r}: cannot read volume {str(path)!r}: {type(e).__name__}: {e}",
-                        case_id, str(path)) from e
-    out = _finish_volume(torch.from_numpy(arr), spec, case_id, path)
-    if key is not None:
-        cache.put(key, out)
-    return out
+        value = value.astype(np.float32)
+    return _decode_cached(value, "volume", case_id, cache, spec.shape, _decode_3d,
+                          lambda x, path: _finish_volume(x, spec, case_id, path), str(spec.intensity_range))
 
 
 def _finish_volume(x: torch.Tensor, spec: VolumeModality, case_id: str, path: Any) -> torch.Tensor:
