@@ -25,9 +25,8 @@ class Registry(Generic[T]):
         self.kind = kind
         self.list_verb = list_verb
         self._entries: dict[str, T] = {}
-        self._tags: dict[str, frozenset[str]] = {}
 
-    def register(self, fn: T | None = None, *, name: str | None = None, tags: tuple[str, ...] = ()):
+    def register(self, fn: T | None = None, *, name: str | None = None):
         """Register ``fn`` under its function name (or ``name``). Usable as ``@reg.register`` or with arguments."""
 
         def wrap(f: T) -> T:
@@ -36,7 +35,6 @@ class Registry(Generic[T]):
                 raise MmdiagError(f"{self.kind} {key!r} is registered twice ({self._entries[key].__module__} and "
                                   f"{f.__module__})")
             self._entries[key] = f
-            self._tags[key] = frozenset(tags)
             return f
 
         return wrap(fn) if fn is not None else wrap
@@ -54,9 +52,6 @@ class Registry(Generic[T]):
         if not include_hidden:
             out = [n for n in out if not n.startswith("tiny_") or pattern.startswith("tiny_")]
         return sorted(out)
-
-    def tags(self, name: str) -> frozenset[str]:
-        return self._tags[name]
 
     def __contains__(self, name: str) -> bool:
         return name in self._entries

@@ -75,7 +75,7 @@ def _blob_volumes(rng: np.random.Generator, w: np.ndarray, size: tuple[int, int,
     return np.clip(vol, 0, 1).astype(np.float32)[:, None]
 
 
-@DATASETS.register(tags=("builtin",))
+@DATASETS.register
 def synthetic(n_cases: int = 800, image_size: int = 32, seed: int = 0, with_volume: bool = False,
               volume_size: tuple[int, int, int] = (16, 32, 32), multitask: bool = False,
               missing: dict[str, float] | None = None) -> CaseTable:
