@@ -105,7 +105,8 @@ def write_report(run_dir: str | Path, spec: DatasetSpec, preds: Predictions, met
         plot_training_curves(curves, plots / "training_curves.png")
 
     lines = [f"# Report — {summary.get('name', run_dir.name)}", ""]
-    lines += ["| | |", "|---|---|"] + [f"| {k} | {fmt(v)} |" for k, v in summary.items() if k != "skipped_cases"]
+    lines += ["| | |", "|---|---|"] + [f"| {k} | {f'{v:g}' if isinstance(v, float) else fmt(v)} |"
+                                       for k, v in summary.items() if k != "skipped_cases"]
     lines += ["", f"## Metrics on the {split} split ({len(preds.case_ids)} cases)", ""]
     lines += ["| task | " + " | ".join(_TABLE) + " |", "|---" * (len(_TABLE) + 1) + "|"]
     for t, m in metrics["tasks"].items():
