@@ -30,6 +30,11 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint file {str(path)!r} does not exist")
+    if _is_torchscript(path):
+        raise CheckpointError(
+            f"{str(path)!r} is a TorchScript archive (like OpenAI's original ViT-B-16.pt), which mmdiag does not "
+            "execute. Convert it once, in an environment you trust: torch.jit.load(path).state_dict(), saved with "
+            "safetensors.torch.save_file or torch.save")
     try:
         if path.suffix == ".safetensors":
             obj = load_file(str(path))
@@ -45,6 +50,16 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if not isinstance(obj, Mapping) or not any(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"checkpoint {str(path)!r} holds no state dict of tensors")
     return {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+
+
+def _is_torchscript(path: Path) -> bool:
+    """TorchScript archives are zip files holding compiled ``code/`` next to the pickled constants."""
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as z:
+        return any(n.split("/", 2)[1:2] == ["code"] for n in z.namelist())
 
 
 def load_checkpoint(model: torch.nn.Module, path: str | os.PathLike) -> torch.nn.Module:
