@@ -21,14 +21,9 @@ from mmdiag.errors import ConfigError
 from mmdiag.models._factory import register_model
 from mmdiag.models.fusion.encoders import build_encoder
 from mmdiag.models.layers.heads import TaskHeads
+from mmdiag.models.layers.presence import presence_mask
 
 __all__ = ["Unimodal", "EarlyFusion", "LateFusion", "MiddleFusion"]
-
-
-def _presence(present: dict[str, torch.Tensor] | None, name: str, x: torch.Tensor) -> torch.Tensor:
-    if present is None or name not in present:
-        return torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
-    return present[name].to(x.device)
 
 
 class Unimodal(nn.Module):
@@ -84,11 +79,11 @@ class EarlyFusion(nn.Module):
             x = inputs[n]
             if tuple(x.shape[2:]) != tuple(self.size):
                 x = F.interpolate(x, size=self.size, mode=mode, align_corners=False)
-            p = _presence(present, n, x).to(x.dtype).view(-1, *([1] * (x.dim() - 1)))
+            p = presence_mask(present, n, x).to(x.dtype).view(-1, *([1] * (x.dim() - 1)))
             planes += [x * p, p.expand(shape)]
         for n in self.tabular:
             v = inputs[n]
-            p = _presence(present, n, v).to(v.dtype).unsqueeze(1)
+            p = presence_mask(present, n, v).to(v.dtype).unsqueeze(1)
             v = torch.cat([v * p, p], 1)
             planes.append(v.view(*v.shape, *([1] * len(self.size))).expand(-1, -1, *self.size))
         return self.encoder(torch.cat(planes, 1))
@@ -126,13 +121,13 @@ class LateFusion(nn.Module):
         if self.mode == "features":
             parts, flags = [], []
             for n, enc in self.encoders.items():
-                p = _presence(present, n, inputs[n]).float().unsqueeze(1)
+                p = presence_mask(present, n, inputs[n]).float().unsqueeze(1)
                 parts.append(enc(inputs[n]) * p)
                 flags.append(p)
             return self.heads(torch.cat(parts + flags, 1))
         total, weight = {}, 0.0
         for n, enc in self.encoders.items():
-            p = _presence(present, n, inputs[n]).float().unsqueeze(1)
+            p = presence_mask(present, n, inputs[n]).float().unsqueeze(1)
             for t, logit in self.heads[n](enc(inputs[n])).items():
                 total[t] = total.get(t, 0.0) + logit * p
             weight = weight + p
@@ -167,7 +162,7 @@ class MiddleFusion(nn.Module):
         toks, masks = {}, {}
         for n, enc in self.encoders.items():
             t = self.proj[n](enc.tokens(inputs[n])) + self.modality_embed[n]
-            p = _presence(present, n, inputs[n])
+            p = presence_mask(present, n, inputs[n])
             toks[n], masks[n] = t, p.unsqueeze(1).expand(-1, t.shape[1])
         pooled, weight = 0.0, 0.0
         for n, q in toks.items():

@@ -49,6 +49,7 @@ from mmdiag.models.layers.heads import TaskHeads
 from mmdiag.models.peft import apply_peft
 from mmdiag.models.peft.inject import build_peft_config
 from mmdiag.models.outputs import AUX_KEY, AUX_LOSS_KEY
+from mmdiag.models.layers.presence import presence_mask
 
 __all__ = ["UnimodalVFM", "INTAdapter", "EI", "EIBranches", "VFM_OPTIONS"]
 
@@ -60,12 +61,6 @@ VFM_OPTIONS = ("vfm", "vfm_checkpoint", "vfm_peft", "vfm_peft_options", "vfm_opt
 same values has exactly the state-dict layout of an EI branch."""
 
 InputNorm = Literal["clip", "vfm", "none"]
-
-
-def _presence(present: Mapping[str, torch.Tensor] | None, name: str, x: torch.Tensor) -> torch.Tensor:
-    if present is None or name not in present:
-        return torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
-    return present[name].to(device=x.device, dtype=torch.bool)
 
 
 def _keep_rows(logits: dict[str, torch.Tensor], keep: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -244,7 +239,7 @@ class UnimodalVFM(nn.Module):
                 ) -> dict[str, torch.Tensor]:
         x = inputs[self.modality]
         logits = self.slice_logits(self.encode(x)[0][:, :, 0])
-        return _keep_rows(logits, _presence(present, self.modality, x))
+        return _keep_rows(logits, presence_mask(present, self.modality, x))
 
 
 class INTAdapter(nn.Module):
@@ -400,7 +395,7 @@ class EI(nn.Module):
     def forward_branches(self, inputs: dict[str, torch.Tensor], present: dict[str, torch.Tensor] | None = None,
                          intervene: bool = True) -> EIBranches:
         """Run every auxiliary VFM, build the [INT] tokens, run every primary VFM (with them if ``intervene``)."""
-        pres = {m: _presence(present, m, inputs[m]) for m in self.modalities}
+        pres = {m: presence_mask(present, m, inputs[m]) for m in self.modalities}
         capture = self.int_source_layer if self.int_source_layer < self.aux[self.modalities[0]].depth else None
         aux_logits, source = {}, {}
         for m in self.modalities:

@@ -42,6 +42,7 @@ from mmdiag.models.outputs import AUX_LOSS_KEY
 from mmdiag.models.fusion.vfm_encoder import DEFAULT_VFM, InputNorm, VFMEncoder
 from mmdiag.models.layers.heads import TaskHeads
 from mmdiag.models.layers.mlp import Mlp
+from mmdiag.models.layers.presence import presence_matrix
 
 __all__ = ["VFMFusion", "CosCat", "DynMM", "MMMIL", "SFusion", "RadDiag", "MMRAD", "UniModel",
            "GatedMILAttention", "SFusionBlock", "DUpsampling", "PromptGenerator", "CrossAttentionBlock"]
@@ -86,15 +87,6 @@ def _rows(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, keep: tor
     return out.new_zeros(x.shape[0], *out.shape[1:]).index_copy(0, idx, out)
 
 
-def _presence(modalities: list[str], inputs: dict[str, torch.Tensor],
-              present: dict[str, torch.Tensor] | None) -> torch.Tensor:
-    """``(B, M)`` bool in ``modalities`` order; True where ``present`` is ``None`` or lacks a modality."""
-    ref = inputs[modalities[0]]
-    cols = [torch.ones(ref.shape[0], dtype=torch.bool, device=ref.device)
-            if present is None or m not in present else present[m].to(ref.device, torch.bool) for m in modalities]
-    return torch.stack(cols, 1)
-
-
 def _unpadded(pad: torch.Tensor) -> torch.Tensor:
     """A key-padding mask whose all-padded rows (no modality at all) are opened, so attention stays finite."""
     return pad & ~pad.all(1, keepdim=True)
@@ -137,7 +129,7 @@ class VFMFusion(nn.Module):
 
     def presence(self, inputs: dict[str, torch.Tensor], present: dict[str, torch.Tensor] | None) -> torch.Tensor:
         """``(B, M)`` bool, modalities in spec order; all True when ``present`` is ``None`` or lacks a modality."""
-        return _presence(self.modalities, inputs, present)
+        return presence_matrix(self.modalities, inputs, present)
 
     def features(self, inputs: dict[str, torch.Tensor], mask: torch.Tensor,
                  encoders: nn.ModuleDict | None = None) -> torch.Tensor:
@@ -584,7 +576,7 @@ class UniModel(nn.Module):
             tokens = tokens.reshape(b, k, *tokens.shape[1:])
             prefix = tokens[:, 0, :n] if prefix is None else prefix
             patches.append(tokens[:, :, n:].flatten(1, 2) + self.modality_embed[i])
-        mask = _presence(self.modalities, inputs, present)
+        mask = presence_matrix(self.modalities, inputs, present)
         patterns, group = torch.unique(mask, dim=0, return_inverse=True)
         pooled = prefix.new_zeros(b, self.num_features)
         for g, pattern in enumerate(patterns):
