@@ -8,15 +8,6 @@ from mmdiag.cli.main import main
 from mmdiag.data.schema import DatasetSpec
 from mmdiag.errors import ConfigError
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy machine the thread hand-offs cost seconds."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 NAMES = ["coscat", "mm_mil", "sfusion", "raddiag", "dynmm", "mmrad", "unimodel", "mm_mil_mor", "mmrad_mor"]
 # What each method trains inside its VFMs (everything outside the VFMs is trained by all of them).
 VFM_TRAINING = {"coscat": "all", "mm_mil": "all", "sfusion": "all", "raddiag": "all", "dynmm": "all",

@@ -6,15 +6,6 @@ from mmdiag.errors import ConfigError
 from mmdiag.models.fusion.vfm_encoder import VFMEncoder
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy machine the thread hand-offs cost seconds."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_frozen_by_default_and_peft_trains_only_adapters():
     frozen = VFMEncoder("tiny_dinov2_reg")
     assert frozen.num_features == 32 and not any(p.requires_grad for p in frozen.parameters())
