@@ -276,10 +276,8 @@ _noticed: set[str] = set()
 
 
 def _fused_unavailable_reason() -> str | None:
-    try:
-        from mmdiag.ops import _scan_cpu
-    except ImportError as err:
-        return f"numba could not be imported ({err}); install it with `pip install numba`"
+    from mmdiag.ops import _scan_cpu
+
     return _scan_cpu.unavailable_reason()
 
 

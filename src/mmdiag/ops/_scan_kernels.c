@@ -1,0 +1,449 @@
+/* Fused CPU selective scan: the forward recurrence and its reverse-time adjoint (mmdiag.ops, impl="fused").
+ *
+ * Built at first use by mmdiag/ops/_scan_cpu.py with the system C compiler (-O3 -march=native), once with
+ * -DSCAN_DOUBLE=0 (float32) and once with -DSCAN_DOUBLE=1 (float64). docs/scan.md explains the layout and the
+ * measured costs; in short:
+ *
+ * - A vector ("vec", 64 bytes: 16 floats or 8 doubles, GCC/Clang vector extensions) holds one value for each of
+ *   VL consecutive channels. A task is (batch, group, block of VL channels); the channels of a block share B_t and
+ *   C_t, so the recurrence h[k] <- exp(dt A[k]) h[k] + dt u B[k]_t, y_t = sum_k C[k]_t h[k] is plain vertical
+ *   vector arithmetic with no cross-lane work.
+ * - Time runs in chunks of VL steps. A chunk's (channel, time) tile of u, delta, z (and dy) is loaded row by row
+ *   and transposed in registers (log2 VL shuffle stages), so the elementwise work and the scan read time-major
+ *   vectors; outputs go back the same way. Nothing is transposed in memory.
+ * - exp is 2^x with x = dt * (A log2 e): round-to-nearest by the 1.5 * 2^23 trick, a degree-6 polynomial on
+ *   [-1/2, 1/2] (max relative error 1e-7), the exponent added in the integer bits; below 2^-125 it returns 0
+ *   (no denormals), at 2^128 inf. float64 uses libm's exp2.
+ * - With keep != 0 the forward stores the state at each chunk start; the backward recomputes a chunk's states and
+ *   decays into small buffers, runs the adjoint recurrence backwards through it and sums the dB/dC terms over a
+ *   block's lanes with a shuffle reduction of VL vectors at once.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+
+#if SCAN_DOUBLE
+typedef double real;
+typedef int64_t ireal;
+#define VL 8
+#else
+typedef float real;
+typedef int32_t ireal;
+#define VL 16
+#endif
+typedef real vec __attribute__((vector_size(64)));
+typedef ireal ivec __attribute__((vector_size(64)));
+typedef real uvec __attribute__((vector_size(64), aligned(sizeof(real)))); /* unaligned loads and stores */
+
+#define LOG2E ((real)1.4426950408889634)
+
+typedef struct {
+    int64_t b, d, l, n, g, nblk, nparts, softplus, has_z, keep; /* nparts: backward tasks per (batch, group) */
+    const real *u, *delta, *bias, *A, *B, *C, *D, *z;
+    real *y, *ckpt, *last;
+    const real *dy, *dlast;
+    real *du, *ddelta, *dz, *dA, *dD, *dbias, *dB, *dC;
+} scan_args;
+
+int scan_lanes(void) { return VL; }
+
+/* ------------------------------------------------------------------------------------------------------------- */
+/* Lane-wise helpers */
+
+static inline vec vsplat(real x) { return (vec){0} + x; } /* (-0 becomes +0) */
+static inline vec vselect(ivec m, vec a, vec b) { return (vec)(((ivec)a & m) | ((ivec)b & ~m)); }
+static inline vec vmin(vec a, vec b) { return vselect(a < b, a, b); }
+static inline vec vmax(vec a, vec b) { return vselect(a > b, a, b); }
+
+#if SCAN_DOUBLE
+static inline vec vexp2(vec x) {
+    for (int j = 0; j < VL; ++j) x[j] = exp2(x[j]);
+    return x;
+}
+static inline vec vsoftplus(vec x) { /* torch's softplus: x above 20 passes through */
+    for (int j = 0; j < VL; ++j) x[j] = x[j] > 20 ? x[j] : log1p(exp(x[j]));
+    return x;
+}
+#else
+static inline vec vexp2(vec x) {
+    const vec magic = vsplat(12582912.0f); /* 1.5 * 2^23: adding it rounds to an integer in the low bits */
+    x = vmax(vmin(x, vsplat(128.0f)), vsplat(-127.0f));
+    vec t = x + magic;
+    vec f = x - (t - magic); /* in [-1/2, 1/2] */
+    vec p = vsplat(1.5345812e-4f);
+    p = p * f + 1.3399931e-3f;
+    p = p * f + 9.6184890e-3f;
+    p = p * f + 5.5503288e-2f;
+    p = p * f + 2.4022647e-1f;
+    p = p * f + 6.9314721e-1f;
+    p = p * f + 1.0f;
+    ivec bits = (ivec)p + ((ivec)t << 23); /* the low bits of t hold k: add k to the exponent */
+    return (vec)(bits & ~(ivec)(x < -125.0f));
+}
+static inline vec vsoftplus(vec x) {
+    /* max(x, 0) + log1p(e), e = exp(-|x|) in (0, 1]; log1p(e) = 2 atanh(s), s = e / (2 + e) <= 1/3, to s^13 */
+    vec e = vexp2((vec)((ivec)x | INT32_MIN) * LOG2E); /* sets the sign bit: -|x| */
+    vec s = e / (2.0f + e), s2 = s * s;
+    vec p = vsplat(1.0f / 13);
+    p = p * s2 + 1.0f / 11;
+    p = p * s2 + 1.0f / 9;
+    p = p * s2 + 1.0f / 7;
+    p = p * s2 + 1.0f / 5;
+    p = p * s2 + 1.0f / 3;
+    p = p * s2 + 1.0f;
+    return vmax(x, vsplat(0.0f)) + 2.0f * s * p;
+}
+#endif
+
+static inline vec vsigmoid(vec x) { return 1 / (1 + vexp2(-x * LOG2E)); }
+
+/* Shuffle masks that split pairs of vectors into lanes with (p & h) == 0 ("lo") and the rest ("hi"). */
+#define LO(h, p) ((((p) & (h)) == 0) ? (p) : VL + (p) - (h))
+#define HI(h, p) ((((p) & (h)) == 0) ? (p) + (h) : VL + (p))
+#if SCAN_DOUBLE
+#define MASK(F, h) ((ivec){F(h, 0), F(h, 1), F(h, 2), F(h, 3), F(h, 4), F(h, 5), F(h, 6), F(h, 7)})
+#else
+#define MASK(F, h)                                                                                                 \
+    ((ivec){F(h, 0), F(h, 1), F(h, 2), F(h, 3), F(h, 4), F(h, 5), F(h, 6), F(h, 7), F(h, 8), F(h, 9), F(h, 10),  \
+            F(h, 11), F(h, 12), F(h, 13), F(h, 14), F(h, 15)})
+#endif
+
+#define TRANSPOSE_STAGE(r, h)                                                                                      \
+    for (int i = 0; i < VL; ++i)                                                                                   \
+        if (!(i & (h))) {                                                                                          \
+            vec a_ = r[i], b_ = r[i + (h)];                                                                        \
+            r[i] = __builtin_shuffle(a_, b_, MASK(LO, h));                                                         \
+            r[i + (h)] = __builtin_shuffle(a_, b_, MASK(HI, h));                                                   \
+        }
+#define ROWSUM_STAGE(r, h)                                                                                         \
+    for (int i = 0; i < (h); ++i)                                                                                  \
+        r[i] = __builtin_shuffle(r[i], r[i + (h)], MASK(LO, h)) + __builtin_shuffle(r[i], r[i + (h)], MASK(HI, h));
+
+/* In-place transpose of a VL x VL tile held as VL vectors. */
+static inline void transpose(vec *r) {
+#if !SCAN_DOUBLE
+    TRANSPOSE_STAGE(r, 8)
+#endif
+    TRANSPOSE_STAGE(r, 4)
+    TRANSPOSE_STAGE(r, 2)
+    TRANSPOSE_STAGE(r, 1)
+}
+
+/* Lane t of the result = the sum of r[t]'s lanes (r is overwritten). */
+static inline vec rowsums(vec *r) {
+#if !SCAN_DOUBLE
+    ROWSUM_STAGE(r, 8)
+#endif
+    ROWSUM_STAGE(r, 4)
+    ROWSUM_STAGE(r, 2)
+    ROWSUM_STAGE(r, 1)
+    return r[0];
+}
+
+/* out[t] lane j = src[j * ld + t] for j < nv, t < tn (zero elsewhere): a (channel, time) tile made time-major. */
+static void load_tile(const real *restrict src, int64_t ld, int nv, int tn, vec *restrict out) {
+    if (nv == VL && tn == VL) {
+        for (int j = 0; j < VL; ++j) out[j] = *(const uvec *)(src + j * ld);
+    } else {
+        for (int j = 0; j < VL; ++j) {
+            out[j] = vsplat(0);
+            if (j < nv)
+                for (int t = 0; t < tn; ++t) out[j][t] = src[j * ld + t];
+        }
+    }
+    transpose(out);
+}
+
+/* The inverse of load_tile for the first nv channels and tn steps; ``in`` is overwritten. */
+static void store_tile(vec *restrict in, real *restrict dst, int64_t ld, int nv, int tn) {
+    transpose(in);
+    for (int j = 0; j < nv; ++j) {
+        if (tn == VL)
+            *(uvec *)(dst + j * ld) = in[j];
+        else
+            for (int t = 0; t < tn; ++t) dst[j * ld + t] = in[j][t];
+    }
+}
+
+/* Asks for the next chunk's cache lines of ``rows`` rows at stride ``ld`` (the rows are separate streams, too
+ * many for the hardware prefetchers at large batch sizes). */
+static inline void prefetch_rows(const real *p, int64_t ld, int64_t rows, int for_write) {
+    for (int64_t j = 0; j < rows; ++j) {
+        if (for_write)
+            __builtin_prefetch(p + j * ld, 1);
+        else
+            __builtin_prefetch(p + j * ld, 0);
+    }
+}
+
+/* Lanes from nv values at src with stride ``stride`` (zero in lanes >= nv), and the inverse. */
+static inline vec load_lanes(const real *src, int64_t stride, int nv) {
+    if (stride == 1 && nv == VL) return *(const uvec *)src;
+    vec v = vsplat(0);
+    for (int j = 0; j < nv; ++j) v[j] = src[j * stride];
+    return v;
+}
+static inline void store_lanes(real *dst, int64_t stride, int nv, vec v) {
+    if (stride == 1 && nv == VL) {
+        *(uvec *)dst = v;
+        return;
+    }
+    for (int j = 0; j < nv; ++j) dst[j * stride] = v[j];
+}
+
+/* ------------------------------------------------------------------------------------------------------------- */
+/* Tasks */
+
+typedef struct {
+    int64_t bi, gi, blk, c0; /* batch, group, block within the group, first channel */
+    int nv;                  /* channels in this block (< VL for a ragged last block) */
+} task_t;
+
+/* Block ``blk`` of group ``gi`` in batch ``bi``. */
+static task_t block_of(const scan_args *a, int64_t bi, int64_t gi, int64_t blk) {
+    task_t t;
+    const int64_t r = a->d / a->g;
+    t.bi = bi;
+    t.gi = gi;
+    t.blk = blk;
+    t.c0 = gi * r + blk * VL;
+    t.nv = (int)(r - blk * VL < VL ? r - blk * VL : VL);
+    return t;
+}
+
+/* dt and dt * u of a chunk, time-major; x = delta + bias is kept for the softplus derivative. */
+static void chunk_inputs(const scan_args *a, const task_t *tk, int64_t t0, int tn, vec bias, vec *restrict ut,
+                         vec *restrict xt, vec *restrict dt, vec *restrict dut) {
+    int64_t row = (tk->bi * a->d + tk->c0) * a->l + t0;
+    load_tile(a->u + row, a->l, tk->nv, tn, ut);
+    load_tile(a->delta + row, a->l, tk->nv, tn, xt);
+    for (int t = 0; t < VL; ++t) {
+        xt[t] += bias;
+        dt[t] = a->softplus ? vsoftplus(xt[t]) : xt[t];
+        dut[t] = dt[t] * ut[t];
+    }
+}
+
+/* Runs the recurrence over steps [t0, t0 + tn) from the state h (updated); ys[t] = sum_k C h. */
+static void scan_chunk(int64_t n, int64_t l, int tn, const real *restrict Bt, const real *restrict Ct,
+                       const vec *restrict A2, const vec *restrict dt, const vec *restrict dut, vec *restrict h,
+                       vec *restrict ys) {
+    for (int t = 0; t < tn; ++t) {
+        vec y = vsplat(0);
+        for (int64_t k = 0; k < n; ++k) {
+            vec hk = vexp2(dt[t] * A2[k]) * h[k] + dut[t] * Bt[k * l + t];
+            h[k] = hk;
+            y += Ct[k * l + t] * hk;
+        }
+        ys[t] = y;
+    }
+    for (int t = tn; t < VL; ++t) ys[t] = vsplat(0);
+}
+
+/* The same from the state Hs[0..n), keeping the states (Hs[(t + 1) n + k] after step t) and the decays
+ * (As[t n + k]) for the adjoint. */
+static void recompute_chunk(int64_t n, int64_t l, int tn, const real *restrict Bt, const real *restrict Ct,
+                            const vec *restrict A2, const vec *restrict dt, const vec *restrict dut,
+                            vec *restrict Hs, vec *restrict As, vec *restrict ys) {
+    for (int t = 0; t < tn; ++t) {
+        vec y = vsplat(0);
+        for (int64_t k = 0; k < n; ++k) {
+            vec decay = vexp2(dt[t] * A2[k]);
+            vec hk = decay * Hs[t * n + k] + dut[t] * Bt[k * l + t];
+            As[t * n + k] = decay;
+            Hs[(t + 1) * n + k] = hk;
+            y += Ct[k * l + t] * hk;
+        }
+        ys[t] = y;
+    }
+    for (int t = tn; t < VL; ++t) ys[t] = vsplat(0);
+}
+
+/* Reverse-time adjoint through one chunk. G[k] enters as exp(dt_{t+1} A) G_{t+1} of the step after the chunk and
+ * leaves as the same for the chunk start; dA accumulates. Per step: GK[k VL + t] = the state gradient (for dB),
+ * ddt[t] = d/d(dt) (before the softplus), ddu[t] = d/du. gt[t] is the gradient of the scan output. */
+static void adjoint_chunk(int64_t n, int64_t l, int tn, const real *restrict Bt, const real *restrict Ct,
+                          const vec *restrict Av, const vec *restrict dt, const vec *restrict ut, const vec *restrict gt, vec D, const vec *restrict Hs,
+                          const vec *restrict As, vec *restrict G, vec *restrict dA, vec *restrict GK,
+                          vec *restrict ddt, vec *restrict ddu) {
+    for (int t = VL - 1; t >= tn; --t) {
+        for (int64_t k = 0; k < n; ++k) GK[k * VL + t] = vsplat(0);
+        ddt[t] = ddu[t] = vsplat(0);
+    }
+    for (int t = tn - 1; t >= 0; --t) {
+        const vec g = gt[t], dtt = dt[t];
+        vec vddt = vsplat(0), vddu = vsplat(0);
+        for (int64_t k = 0; k < n; ++k) {
+            const vec decay = As[t * n + k];
+            vec gk = G[k] + Ct[k * l + t] * g;
+            GK[k * VL + t] = gk;
+            vddu += gk * Bt[k * l + t];
+            vec q = gk * decay * Hs[t * n + k];
+            dA[k] += q * dtt;
+            vddt += q * Av[k];
+            G[k] = decay * gk;
+        }
+        ddt[t] = vddt + vddu * ut[t];
+        ddu[t] = vddu * dtt + g * D;
+    }
+}
+
+/* dB and dC of one chunk, summed over the block's lanes (dB[k, t] = sum GK dt u, dC[k, t] = sum g h), written to
+ * or (``accumulate``) added to the rows dB, dC. */
+static void dbc_chunk(int64_t n, int64_t l, int tn, const vec *restrict GK, const vec *restrict dut,
+                      const vec *restrict gt, const vec *restrict Hs, real *restrict dB, real *restrict dC,
+                      int accumulate) {
+    vec P[VL];
+    for (int64_t k = 0; k < n; ++k) {
+        for (int t = 0; t < VL; ++t) P[t] = GK[k * VL + t] * dut[t];
+        vec sb = rowsums(P);
+        for (int t = 0; t < VL; ++t) P[t] = t < tn ? gt[t] * Hs[(t + 1) * n + k] : vsplat(0);
+        vec sc = rowsums(P);
+        if (tn == VL) {
+            uvec *pb = (uvec *)(dB + k * l), *pc = (uvec *)(dC + k * l);
+            *pb = accumulate ? *pb + sb : sb;
+            *pc = accumulate ? *pc + sc : sc;
+        } else {
+            for (int t = 0; t < tn; ++t) {
+                dB[k * l + t] = accumulate ? dB[k * l + t] + sb[t] : sb[t];
+                dC[k * l + t] = accumulate ? dC[k * l + t] + sc[t] : sc[t];
+            }
+        }
+    }
+}
+
+/* Forward task: one block of VL channels. */
+static int fwd_task(const scan_args *a, int64_t task) {
+    const task_t tk = block_of(a, task / (a->g * a->nblk), task / a->nblk % a->g, task % a->nblk);
+    const int64_t n = a->n, l = a->l, d = a->d, nchunk = (l + VL - 1) / VL;
+    vec *ws = aligned_alloc(64, sizeof(vec) * (2 * n + 5 * VL));
+    if (!ws) return -1;
+    vec *A2 = ws, *h = A2 + n, *ut = h + n, *xt = ut + VL, *dt = xt + VL, *dut = dt + VL, *yt = dut + VL;
+    vec bias = load_lanes(a->bias + tk.c0, 1, tk.nv), D = load_lanes(a->D + tk.c0, 1, tk.nv);
+    for (int64_t k = 0; k < n; ++k) {
+        A2[k] = load_lanes(a->A + tk.c0 * n + k, n, tk.nv) * LOG2E;
+        h[k] = vsplat(0);
+    }
+    for (int64_t t0 = 0; t0 < l; t0 += VL) {
+        int tn = (int)(l - t0 < VL ? l - t0 : VL);
+        if (a->keep)
+            for (int64_t k = 0; k < n; ++k)
+                store_lanes(a->ckpt + ((tk.bi * nchunk + t0 / VL) * n + k) * d + tk.c0, 1, tk.nv, h[k]);
+        const int64_t bc = (tk.bi * a->g + tk.gi) * n * l + t0, row = (tk.bi * d + tk.c0) * l + t0;
+        if (t0 + VL < l) {
+            prefetch_rows(a->u + row + VL, l, tk.nv, 0);
+            prefetch_rows(a->delta + row + VL, l, tk.nv, 0);
+            if (a->has_z) prefetch_rows(a->z + row + VL, l, tk.nv, 0);
+            prefetch_rows(a->y + row + VL, l, tk.nv, 1);
+            prefetch_rows(a->B + bc + VL, l, n, 0);
+            prefetch_rows(a->C + bc + VL, l, n, 0);
+        }
+        chunk_inputs(a, &tk, t0, tn, bias, ut, xt, dt, dut);
+        scan_chunk(n, l, tn, a->B + bc, a->C + bc, A2, dt, dut, h, yt);
+        for (int t = 0; t < VL; ++t) yt[t] += D * ut[t];
+        if (a->has_z) {
+            load_tile(a->z + row, l, tk.nv, tn, xt);
+            for (int t = 0; t < VL; ++t) yt[t] *= xt[t] * vsigmoid(xt[t]);
+        }
+        store_tile(yt, a->y + row, l, tk.nv, tn);
+    }
+    for (int64_t k = 0; k < n; ++k) store_lanes(a->last + (tk.bi * d + tk.c0) * n + k, n, tk.nv, h[k]);
+    free(ws);
+    return 0;
+}
+
+#define BWD_WORKSPACE(n) (4 * (n) + (VL + 1) * (n) + 2 * VL * (n) + 9 * VL)
+
+/* Backward of one block; its dB/dC terms go to (n, l) rows dB, dC (added to them with ``accumulate``). */
+static void bwd_block(const scan_args *a, const task_t tk, vec *ws, real *dB, real *dC, int accumulate) {
+    const int64_t n = a->n, l = a->l, d = a->d, nchunk = (l + VL - 1) / VL;
+    vec *A2 = ws, *Av = A2 + n, *G = Av + n, *dA = G + n, *Hs = dA + n, *As = Hs + (VL + 1) * n, *GK = As + VL * n;
+    vec *ut = GK + VL * n, *xt = ut + VL, *dt = xt + VL, *dut = dt + VL, *gt = dut + VL, *ys = gt + VL;
+    vec *zt = ys + VL, *ddt = zt + VL, *ddu = ddt + VL;
+    vec bias = load_lanes(a->bias + tk.c0, 1, tk.nv), D = load_lanes(a->D + tk.c0, 1, tk.nv);
+    vec dD = vsplat(0), dbias = vsplat(0);
+    for (int64_t k = 0; k < n; ++k) {
+        Av[k] = load_lanes(a->A + tk.c0 * n + k, n, tk.nv);
+        A2[k] = Av[k] * LOG2E;
+        G[k] = load_lanes(a->dlast + (tk.bi * d + tk.c0) * n + k, n, tk.nv);
+        dA[k] = vsplat(0);
+    }
+    for (int64_t ci = nchunk - 1; ci >= 0; --ci) {
+        const int64_t t0 = ci * VL, row = (tk.bi * d + tk.c0) * l + t0;
+        const int64_t bc = (tk.bi * a->g + tk.gi) * n * l + t0;
+        const int tn = (int)(l - t0 < VL ? l - t0 : VL);
+        if (ci > 0) {
+            const real *const in[] = {a->u, a->delta, a->dy, a->has_z ? a->z : a->u};
+            real *const out[] = {a->du, a->ddelta, a->has_z ? a->dz : a->du};
+            for (int i = 0; i < 4; ++i) prefetch_rows(in[i] + row - VL, l, tk.nv, 0);
+            for (int i = 0; i < 3; ++i) prefetch_rows(out[i] + row - VL, l, tk.nv, 1);
+            prefetch_rows(a->B + bc - VL, l, n, 0);
+            prefetch_rows(a->C + bc - VL, l, n, 0);
+        }
+        for (int64_t k = 0; k < n; ++k)
+            Hs[k] = load_lanes(a->ckpt + ((tk.bi * nchunk + ci) * n + k) * d + tk.c0, 1, tk.nv);
+        chunk_inputs(a, &tk, t0, tn, bias, ut, xt, dt, dut);
+        recompute_chunk(n, l, tn, a->B + bc, a->C + bc, A2, dt, dut, Hs, As, ys);
+        /* Output gate: dy -> gradient of the scan output (gt), dz; then dD. */
+        load_tile(a->dy + row, l, tk.nv, tn, gt);
+        if (a->has_z) {
+            load_tile(a->z + row, l, tk.nv, tn, zt);
+            for (int t = 0; t < VL; ++t) {
+                vec sig = vsigmoid(zt[t]);
+                vec gz = gt[t] * (ys[t] + D * ut[t]) * sig * (1 + zt[t] * (1 - sig));
+                gt[t] *= zt[t] * sig;
+                zt[t] = gz;
+            }
+            store_tile(zt, a->dz + row, l, tk.nv, tn);
+        }
+        for (int t = 0; t < VL; ++t) dD += gt[t] * ut[t];
+        adjoint_chunk(n, l, tn, a->B + bc, a->C + bc, Av, dt, ut, gt, D, Hs, As, G, dA, GK, ddt, ddu);
+        dbc_chunk(n, l, tn, GK, dut, gt, Hs, dB + t0, dC + t0, accumulate);
+        for (int t = 0; t < VL; ++t) {
+            if (a->softplus) ddt[t] *= vsigmoid(xt[t]);
+            dbias += ddt[t];
+        }
+        store_tile(ddu, a->du + row, l, tk.nv, tn);
+        store_tile(ddt, a->ddelta + row, l, tk.nv, tn);
+    }
+    for (int64_t k = 0; k < n; ++k) store_lanes(a->dA + (tk.bi * d + tk.c0) * n + k, n, tk.nv, dA[k]);
+    store_lanes(a->dD + tk.bi * d + tk.c0, 1, tk.nv, dD);
+    store_lanes(a->dbias + tk.bi * d + tk.c0, 1, tk.nv, dbias);
+}
+
+/* Backward task: part ``task % nparts`` of the blocks of one (batch, group); dB/dC rows (b, g * nparts, n, l). */
+static int bwd_task(const scan_args *a, int64_t task) {
+    const int64_t part = task % a->nparts, bg = task / a->nparts, per = (a->nblk + a->nparts - 1) / a->nparts;
+    vec *ws = aligned_alloc(64, sizeof(vec) * BWD_WORKSPACE(a->n));
+    if (!ws) return -1;
+    real *dB = a->dB + task * a->n * a->l, *dC = a->dC + task * a->n * a->l;
+    for (int64_t i = 0; i < a->n * a->l && part * per >= a->nblk; ++i) dB[i] = dC[i] = 0; /* a part with no blocks */
+    for (int64_t blk = part * per; blk < a->nblk && blk < (part + 1) * per; ++blk)
+        bwd_block(a, block_of(a, bg / a->g, bg % a->g, blk), ws, dB, dC, blk > part * per);
+    free(ws);
+    return 0;
+}
+
+/* Entry point: runs every task of the forward (backward = 0) or the backward. Built with OpenMP, the tasks are
+ * shared by ``nthreads`` threads of the OpenMP runtime, which is torch's own when torch loaded a libgomp.so.1 (the
+ * loader resolves our dependency to the library already loaded), so no second pool competes for the cores. Built
+ * without it, each caller thread runs tasks first, first + step, ... (the caller releases the GIL). Returns 0, or
+ * -1 if a work buffer could not be allocated. */
+int scan_run(const scan_args *a, int backward, int64_t first, int64_t step, int nthreads) {
+    const int64_t ntask = a->b * a->g * (backward ? a->nparts : a->nblk);
+    int err = 0;
+#ifdef _OPENMP
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads) reduction(| : err)
+#endif
+    for (int64_t task = first; task < ntask; task += step) err |= backward ? bwd_task(a, task) : fwd_task(a, task);
+    (void)nthreads;
+    return err ? -1 : 0;
+}
+
+int scan_openmp(void) {
+#ifdef _OPENMP
+    return 1;
+#else
+    return 0;
+#endif
+}
