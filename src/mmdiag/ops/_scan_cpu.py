@@ -164,15 +164,18 @@ class _FusedScan(torch.autograd.Function):
         g = Bg.shape[1]
         nblk = -(-(d // g) // lanes)
         zeros = uc.new_zeros(d)  # stands in for a missing D / delta_bias
-        ckpt = uc.new_empty(b, -(-l // lanes) if keep_states else 0, n, d)
+        # Chunk-start states, one tensor per batch element: each stays under glibc's 32 MB mmap threshold, so its
+        # memory is reused from the heap instead of page-faulted in afresh on every call at large batch sizes.
+        ckpts = [uc.new_empty(-(-l // lanes) if keep_states else 0, n, d) for _ in range(b)]
+        ckpt = (ctypes.c_void_p * b)(*map(_ptr, ckpts))
         y, last = torch.empty_like(uc), uc.new_empty(b, d, n)
         args = _Args(
             b, d, l, n, g, nblk, 1, bool(delta_softplus), zc is not None, bool(keep_states),
             *map(_ptr, (uc, dc, zeros if biasc is None else biasc, Ac, Bg, Cg, zeros if Dc is None else Dc, zc)),
-            *map(_ptr, (y, ckpt, last)),
+            _ptr(y), ctypes.cast(ckpt, ctypes.c_void_p), _ptr(last),
         )  # fmt: skip
         _run(lib, args, backward=False)
-        ctx.save_for_backward(uc, dc, biasc, Ac, Bg, Cg, Dc, zc, ckpt)
+        ctx.save_for_backward(uc, dc, biasc, Ac, Bg, Cg, Dc, zc, *ckpts)
         ctx.softplus, ctx.nblk = bool(delta_softplus), nblk
         # dtype and shape of each input's gradient
         ctx.like = [None if t is None else (t.dtype, t.shape) for t in (u, delta, A, B, C, D, z, delta_bias)]
@@ -181,7 +184,7 @@ class _FusedScan(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy, dlast=None):
-        uc, dc, biasc, Ac, Bg, Cg, Dc, zc, ckpt = ctx.saved_tensors
+        uc, dc, biasc, Ac, Bg, Cg, Dc, zc, *ckpts = ctx.saved_tensors
         lib = _library(uc.dtype == torch.float64)
         b, d, l = uc.shape
         g, n, nblk = Bg.shape[1], Ac.shape[1], ctx.nblk
@@ -195,10 +198,11 @@ class _FusedScan(torch.autograd.Function):
         parts = -(-nblk // -(-nblk // min(nblk, -(-2 * torch.get_num_threads() // (b * g)))))  # none left empty
         dB, dC = uc.new_empty(b, g * parts, n, l), uc.new_empty(b, g * parts, n, l)
         zeros = uc.new_zeros(d)
+        ckpt = (ctypes.c_void_p * b)(*map(_ptr, ckpts))
         args = _Args(
             b, d, l, n, g, nblk, parts, ctx.softplus, zc is not None, 1,
             *map(_ptr, (uc, dc, zeros if biasc is None else biasc, Ac, Bg, Cg, zeros if Dc is None else Dc, zc)),
-            None, _ptr(ckpt), None,
+            None, ctypes.cast(ckpt, ctypes.c_void_p), None,
             *map(_ptr, (dyc, glast, du, ddelta, dz, dA, dD, dbias, dB, dC)),
         )  # fmt: skip
         _run(lib, args, backward=True)

@@ -40,7 +40,7 @@ typedef real uvec __attribute__((vector_size(64), aligned(sizeof(real)))); /* un
 typedef struct {
     int64_t b, d, l, n, g, nblk, nparts, softplus, has_z, keep; /* nparts: backward tasks per (batch, group) */
     const real *u, *delta, *bias, *A, *B, *C, *D, *z;
-    real *y, *ckpt, *last;
+    real *y, *const *ckpt, *last; /* ckpt[bi]: (nchunk, n, d) chunk-start states of batch element bi */
     const real *dy, *dlast;
     real *du, *ddelta, *dz, *dA, *dD, *dbias, *dB, *dC;
 } scan_args;
@@ -170,9 +170,9 @@ static void store_tile(vec *restrict in, real *restrict dst, int64_t ld, int nv,
 static inline void prefetch_rows(const real *p, int64_t ld, int64_t rows, int for_write) {
     for (int64_t j = 0; j < rows; ++j) {
         if (for_write)
-            __builtin_prefetch(p + j * ld, 1);
+            __builtin_prefetch(p + j * ld, 1, 2);
         else
-            __builtin_prefetch(p + j * ld, 0);
+            __builtin_prefetch(p + j * ld, 0, 2);
     }
 }
 
@@ -241,7 +241,7 @@ static void scan_chunk(int64_t n, int64_t l, int tn, const real *restrict Bt, co
 }
 
 /* The same from the state Hs[0..n), keeping the states (Hs[(t + 1) n + k] after step t) and the decays
- * (As[t n + k]) for the adjoint. */
+ * (As[t n + k]) for the adjoint; ys (the output, needed for the gate's gradient) only if ys != NULL. */
 static void recompute_chunk(int64_t n, int64_t l, int tn, const real *restrict Bt, const real *restrict Ct,
                             const vec *restrict A2, const vec *restrict dt, const vec *restrict dut,
                             vec *restrict Hs, vec *restrict As, vec *restrict ys) {
@@ -252,61 +252,53 @@ static void recompute_chunk(int64_t n, int64_t l, int tn, const real *restrict B
             vec hk = decay * Hs[t * n + k] + dut[t] * Bt[k * l + t];
             As[t * n + k] = decay;
             Hs[(t + 1) * n + k] = hk;
-            y += Ct[k * l + t] * hk;
+            if (ys) y += Ct[k * l + t] * hk;
         }
-        ys[t] = y;
+        if (ys) ys[t] = y;
     }
-    for (int t = tn; t < VL; ++t) ys[t] = vsplat(0);
 }
 
 /* Reverse-time adjoint through one chunk. G[k] enters as exp(dt_{t+1} A) G_{t+1} of the step after the chunk and
- * leaves as the same for the chunk start; dA accumulates. Per step: GK[k VL + t] = the state gradient (for dB),
- * ddt[t] = d/d(dt) (before the softplus), ddu[t] = d/du. gt[t] is the gradient of the scan output. */
+ * leaves as the same for the chunk start; dA accumulates. Per step: ddt[t] = d/d(dt) (before the softplus),
+ * ddu[t] = d/du; Pb[k VL + t] and Pc[k VL + t] accumulate the per-lane terms of dB[k, t] and dC[k, t] (summed over
+ * the lanes later, once for all blocks of a task). gt[t] is the gradient of the scan output. */
 static void adjoint_chunk(int64_t n, int64_t l, int tn, const real *restrict Bt, const real *restrict Ct,
-                          const vec *restrict Av, const vec *restrict dt, const vec *restrict ut, const vec *restrict gt, vec D, const vec *restrict Hs,
-                          const vec *restrict As, vec *restrict G, vec *restrict dA, vec *restrict GK,
-                          vec *restrict ddt, vec *restrict ddu) {
-    for (int t = VL - 1; t >= tn; --t) {
-        for (int64_t k = 0; k < n; ++k) GK[k * VL + t] = vsplat(0);
-        ddt[t] = ddu[t] = vsplat(0);
-    }
+                          const vec *restrict Av, const vec *restrict dt, const vec *restrict dut,
+                          const vec *restrict ut, const vec *restrict gt, vec D, const vec *restrict Hs,
+                          const vec *restrict As, vec *restrict G, vec *restrict dA, vec *restrict Pb,
+                          vec *restrict Pc, vec *restrict ddt, vec *restrict ddu) {
+    for (int t = VL - 1; t >= tn; --t) ddt[t] = ddu[t] = vsplat(0);
     for (int t = tn - 1; t >= 0; --t) {
-        const vec g = gt[t], dtt = dt[t];
+        const vec g = gt[t], dtt = dt[t], dutt = dut[t];
         vec vddt = vsplat(0), vddu = vsplat(0);
         for (int64_t k = 0; k < n; ++k) {
-            const vec decay = As[t * n + k];
-            vec gk = G[k] + Ct[k * l + t] * g;
-            GK[k * VL + t] = gk;
+            const vec gk = G[k] + Ct[k * l + t] * g;
+            const vec gprev = As[t * n + k] * gk; /* G for the step before */
+            const vec q = gprev * Hs[t * n + k];  /* = gk d(h_t)/d(log decay) */
+            Pb[k * VL + t] += gk * dutt;
+            Pc[k * VL + t] += g * Hs[(t + 1) * n + k];
             vddu += gk * Bt[k * l + t];
-            vec q = gk * decay * Hs[t * n + k];
             dA[k] += q * dtt;
             vddt += q * Av[k];
-            G[k] = decay * gk;
+            G[k] = gprev;
         }
         ddt[t] = vddt + vddu * ut[t];
         ddu[t] = vddu * dtt + g * D;
     }
 }
 
-/* dB and dC of one chunk, summed over the block's lanes (dB[k, t] = sum GK dt u, dC[k, t] = sum g h), written to
- * or (``accumulate``) added to the rows dB, dC. */
-static void dbc_chunk(int64_t n, int64_t l, int tn, const vec *restrict GK, const vec *restrict dut,
-                      const vec *restrict gt, const vec *restrict Hs, real *restrict dB, real *restrict dC,
-                      int accumulate) {
-    vec P[VL];
+/* dB[k, t0 + t] and dC[k, t0 + t] for t < tn: the sums over lanes of Pb[k VL + t] and Pc[k VL + t] (overwritten). */
+static void store_lane_sums(int64_t n, int64_t l, int tn, vec *restrict Pb, vec *restrict Pc, real *restrict dB,
+                            real *restrict dC) {
     for (int64_t k = 0; k < n; ++k) {
-        for (int t = 0; t < VL; ++t) P[t] = GK[k * VL + t] * dut[t];
-        vec sb = rowsums(P);
-        for (int t = 0; t < VL; ++t) P[t] = t < tn ? gt[t] * Hs[(t + 1) * n + k] : vsplat(0);
-        vec sc = rowsums(P);
+        vec sb = rowsums(Pb + k * VL), sc = rowsums(Pc + k * VL);
         if (tn == VL) {
-            uvec *pb = (uvec *)(dB + k * l), *pc = (uvec *)(dC + k * l);
-            *pb = accumulate ? *pb + sb : sb;
-            *pc = accumulate ? *pc + sc : sc;
+            *(uvec *)(dB + k * l) = sb;
+            *(uvec *)(dC + k * l) = sc;
         } else {
             for (int t = 0; t < tn; ++t) {
-                dB[k * l + t] = accumulate ? dB[k * l + t] + sb[t] : sb[t];
-                dC[k * l + t] = accumulate ? dC[k * l + t] + sc[t] : sc[t];
+                dB[k * l + t] = sb[t];
+                dC[k * l + t] = sc[t];
             }
         }
     }
@@ -315,7 +307,7 @@ static void dbc_chunk(int64_t n, int64_t l, int tn, const vec *restrict GK, cons
 /* Forward task: one block of VL channels. */
 static int fwd_task(const scan_args *a, int64_t task) {
     const task_t tk = block_of(a, task / (a->g * a->nblk), task / a->nblk % a->g, task % a->nblk);
-    const int64_t n = a->n, l = a->l, d = a->d, nchunk = (l + VL - 1) / VL;
+    const int64_t n = a->n, l = a->l, d = a->d;
     vec *ws = aligned_alloc(64, sizeof(vec) * (2 * n + 5 * VL));
     if (!ws) return -1;
     vec *A2 = ws, *h = A2 + n, *ut = h + n, *xt = ut + VL, *dt = xt + VL, *dut = dt + VL, *yt = dut + VL;
@@ -328,15 +320,13 @@ static int fwd_task(const scan_args *a, int64_t task) {
         int tn = (int)(l - t0 < VL ? l - t0 : VL);
         if (a->keep)
             for (int64_t k = 0; k < n; ++k)
-                store_lanes(a->ckpt + ((tk.bi * nchunk + t0 / VL) * n + k) * d + tk.c0, 1, tk.nv, h[k]);
+                store_lanes(a->ckpt[tk.bi] + (t0 / VL * n + k) * d + tk.c0, 1, tk.nv, h[k]);
         const int64_t bc = (tk.bi * a->g + tk.gi) * n * l + t0, row = (tk.bi * d + tk.c0) * l + t0;
         if (t0 + VL < l) {
             prefetch_rows(a->u + row + VL, l, tk.nv, 0);
             prefetch_rows(a->delta + row + VL, l, tk.nv, 0);
             if (a->has_z) prefetch_rows(a->z + row + VL, l, tk.nv, 0);
             prefetch_rows(a->y + row + VL, l, tk.nv, 1);
-            prefetch_rows(a->B + bc + VL, l, n, 0);
-            prefetch_rows(a->C + bc + VL, l, n, 0);
         }
         chunk_inputs(a, &tk, t0, tn, bias, ut, xt, dt, dut);
         scan_chunk(n, l, tn, a->B + bc, a->C + bc, A2, dt, dut, h, yt);
@@ -352,75 +342,114 @@ static int fwd_task(const scan_args *a, int64_t task) {
     return 0;
 }
 
-#define BWD_WORKSPACE(n) (4 * (n) + (VL + 1) * (n) + 2 * VL * (n) + 9 * VL)
+/* Per-block state of a backward task, kept across its chunks. */
+typedef struct {
+    task_t tk;
+    vec *A2, *Av, *G, *dA; /* n vectors each */
+    vec bias, D, dD, dbias;
+} block_state;
 
-/* Backward of one block; its dB/dC terms go to (n, l) rows dB, dC (added to them with ``accumulate``). */
-static void bwd_block(const scan_args *a, const task_t tk, vec *ws, real *dB, real *dC, int accumulate) {
-    const int64_t n = a->n, l = a->l, d = a->d, nchunk = (l + VL - 1) / VL;
-    vec *A2 = ws, *Av = A2 + n, *G = Av + n, *dA = G + n, *Hs = dA + n, *As = Hs + (VL + 1) * n, *GK = As + VL * n;
-    vec *ut = GK + VL * n, *xt = ut + VL, *dt = xt + VL, *dut = dt + VL, *gt = dut + VL, *ys = gt + VL;
-    vec *zt = ys + VL, *ddt = zt + VL, *ddu = ddt + VL;
-    vec bias = load_lanes(a->bias + tk.c0, 1, tk.nv), D = load_lanes(a->D + tk.c0, 1, tk.nv);
-    vec dD = vsplat(0), dbias = vsplat(0);
-    for (int64_t k = 0; k < n; ++k) {
-        Av[k] = load_lanes(a->A + tk.c0 * n + k, n, tk.nv);
-        A2[k] = Av[k] * LOG2E;
-        G[k] = load_lanes(a->dlast + (tk.bi * d + tk.c0) * n + k, n, tk.nv);
-        dA[k] = vsplat(0);
+/* Chunk work space shared by the blocks of a backward task. */
+typedef struct {
+    vec *Hs, *As, *Pb, *Pc;                                 /* (VL + 1) n, VL n, n VL, n VL vectors */
+    vec *ut, *xt, *dt, *dut, *gt, *ys, *zt, *ddt, *ddu; /* VL vectors each */
+} chunk_space;
+
+/* Backward of one block through chunk ci: recompute, output gate, adjoint; du, ddelta, dz stored, dB/dC terms
+ * added to cs->Pb, cs->Pc. */
+static void bwd_chunk(const scan_args *a, block_state *bs, int64_t ci, const chunk_space *cs) {
+    const task_t *tk = &bs->tk;
+    const int64_t n = a->n, l = a->l, d = a->d, t0 = ci * VL;
+    const int64_t row = (tk->bi * d + tk->c0) * l + t0, bc = (tk->bi * a->g + tk->gi) * n * l + t0;
+    const int tn = (int)(l - t0 < VL ? l - t0 : VL);
+    vec *ut = cs->ut, *xt = cs->xt, *dt = cs->dt, *dut = cs->dut, *gt = cs->gt, *ys = cs->ys, *zt = cs->zt;
+    if (ci > 0) {
+        const real *const in[] = {a->u, a->delta, a->dy, a->has_z ? a->z : a->u};
+        real *const out[] = {a->du, a->ddelta};
+        for (int i = 0; i < 4; ++i) prefetch_rows(in[i] + row - VL, l, tk->nv, 0);
+        for (int i = 0; i < 2; ++i) prefetch_rows(out[i] + row - VL, l, tk->nv, 1);
+        prefetch_rows(a->ckpt[tk->bi] + (ci - 1) * n * d + tk->c0, d, n, 0);
     }
-    for (int64_t ci = nchunk - 1; ci >= 0; --ci) {
-        const int64_t t0 = ci * VL, row = (tk.bi * d + tk.c0) * l + t0;
-        const int64_t bc = (tk.bi * a->g + tk.gi) * n * l + t0;
-        const int tn = (int)(l - t0 < VL ? l - t0 : VL);
-        if (ci > 0) {
-            const real *const in[] = {a->u, a->delta, a->dy, a->has_z ? a->z : a->u};
-            real *const out[] = {a->du, a->ddelta, a->has_z ? a->dz : a->du};
-            for (int i = 0; i < 4; ++i) prefetch_rows(in[i] + row - VL, l, tk.nv, 0);
-            for (int i = 0; i < 3; ++i) prefetch_rows(out[i] + row - VL, l, tk.nv, 1);
-            prefetch_rows(a->B + bc - VL, l, n, 0);
-            prefetch_rows(a->C + bc - VL, l, n, 0);
-        }
-        for (int64_t k = 0; k < n; ++k)
-            Hs[k] = load_lanes(a->ckpt + ((tk.bi * nchunk + ci) * n + k) * d + tk.c0, 1, tk.nv);
-        chunk_inputs(a, &tk, t0, tn, bias, ut, xt, dt, dut);
-        recompute_chunk(n, l, tn, a->B + bc, a->C + bc, A2, dt, dut, Hs, As, ys);
-        /* Output gate: dy -> gradient of the scan output (gt), dz; then dD. */
-        load_tile(a->dy + row, l, tk.nv, tn, gt);
-        if (a->has_z) {
-            load_tile(a->z + row, l, tk.nv, tn, zt);
-            for (int t = 0; t < VL; ++t) {
-                vec sig = vsigmoid(zt[t]);
-                vec gz = gt[t] * (ys[t] + D * ut[t]) * sig * (1 + zt[t] * (1 - sig));
-                gt[t] *= zt[t] * sig;
-                zt[t] = gz;
-            }
-            store_tile(zt, a->dz + row, l, tk.nv, tn);
-        }
-        for (int t = 0; t < VL; ++t) dD += gt[t] * ut[t];
-        adjoint_chunk(n, l, tn, a->B + bc, a->C + bc, Av, dt, ut, gt, D, Hs, As, G, dA, GK, ddt, ddu);
-        dbc_chunk(n, l, tn, GK, dut, gt, Hs, dB + t0, dC + t0, accumulate);
+    for (int64_t k = 0; k < n; ++k) cs->Hs[k] = load_lanes(a->ckpt[tk->bi] + (ci * n + k) * d + tk->c0, 1, tk->nv);
+    chunk_inputs(a, tk, t0, tn, bs->bias, ut, xt, dt, dut);
+    recompute_chunk(n, l, tn, a->B + bc, a->C + bc, bs->A2, dt, dut, cs->Hs, cs->As, a->has_z ? ys : NULL);
+    /* Output gate: dy -> gradient of the scan output (gt), dz; then dD. */
+    load_tile(a->dy + row, l, tk->nv, tn, gt);
+    if (a->has_z) {
+        load_tile(a->z + row, l, tk->nv, tn, zt);
         for (int t = 0; t < VL; ++t) {
-            if (a->softplus) ddt[t] *= vsigmoid(xt[t]);
-            dbias += ddt[t];
+            vec sig = vsigmoid(zt[t]);
+            vec gz = gt[t] * (ys[t] + bs->D * ut[t]) * sig * (1 + zt[t] * (1 - sig));
+            gt[t] *= zt[t] * sig;
+            zt[t] = gz;
         }
-        store_tile(ddu, a->du + row, l, tk.nv, tn);
-        store_tile(ddt, a->ddelta + row, l, tk.nv, tn);
+        store_tile(zt, a->dz + row, l, tk->nv, tn);
     }
-    for (int64_t k = 0; k < n; ++k) store_lanes(a->dA + (tk.bi * d + tk.c0) * n + k, n, tk.nv, dA[k]);
-    store_lanes(a->dD + tk.bi * d + tk.c0, 1, tk.nv, dD);
-    store_lanes(a->dbias + tk.bi * d + tk.c0, 1, tk.nv, dbias);
+    for (int t = 0; t < VL; ++t) bs->dD += gt[t] * ut[t];
+    adjoint_chunk(n, l, tn, a->B + bc, a->C + bc, bs->Av, dt, dut, ut, gt, bs->D, cs->Hs, cs->As, bs->G, bs->dA,
+                  cs->Pb, cs->Pc, cs->ddt, cs->ddu);
+    for (int t = 0; t < VL; ++t) {
+        if (a->softplus) cs->ddt[t] *= vsigmoid(xt[t]);
+        bs->dbias += cs->ddt[t];
+    }
+    store_tile(cs->ddu, a->du + row, l, tk->nv, tn);
+    store_tile(cs->ddt, a->ddelta + row, l, tk->nv, tn);
 }
 
-/* Backward task: part ``task % nparts`` of the blocks of one (batch, group); dB/dC rows (b, g * nparts, n, l). */
+/* Backward task: part ``task % nparts`` of the channel blocks of one (batch, group), all blocks advancing chunk by
+ * chunk so that their dB/dC terms are summed over lanes once per chunk; dB/dC rows are (b, g * nparts, n, l). */
 static int bwd_task(const scan_args *a, int64_t task) {
+    const int64_t n = a->n, l = a->l, d = a->d, nchunk = (l + VL - 1) / VL;
     const int64_t part = task % a->nparts, bg = task / a->nparts, per = (a->nblk + a->nparts - 1) / a->nparts;
-    vec *ws = aligned_alloc(64, sizeof(vec) * BWD_WORKSPACE(a->n));
-    if (!ws) return -1;
-    real *dB = a->dB + task * a->n * a->l, *dC = a->dC + task * a->n * a->l;
-    for (int64_t i = 0; i < a->n * a->l && part * per >= a->nblk; ++i) dB[i] = dC[i] = 0; /* a part with no blocks */
-    for (int64_t blk = part * per; blk < a->nblk && blk < (part + 1) * per; ++blk)
-        bwd_block(a, block_of(a, bg / a->g, bg % a->g, blk), ws, dB, dC, blk > part * per);
+    const int64_t blk0 = part * per, nb = (blk0 + per < a->nblk ? per : a->nblk - blk0);
+    real *dB = a->dB + task * n * l, *dC = a->dC + task * n * l;
+    if (nb <= 0) { /* a part with no blocks */
+        for (int64_t i = 0; i < n * l; ++i) dB[i] = dC[i] = 0;
+        return 0;
+    }
+    vec *ws = aligned_alloc(64, sizeof(vec) * (4 * nb * n + (VL + 1) * n + 3 * VL * n + 9 * VL));
+    block_state *bs = aligned_alloc(64, sizeof(block_state) * nb); /* holds vectors: 64-byte aligned */
+    if (!ws || !bs) {
+        free(ws);
+        free(bs);
+        return -1;
+    }
+    chunk_space cs;
+    cs.Hs = ws + 4 * nb * n;
+    cs.As = cs.Hs + (VL + 1) * n;
+    cs.Pb = cs.As + VL * n;
+    cs.Pc = cs.Pb + VL * n;
+    cs.ut = cs.Pc + VL * n;
+    cs.xt = cs.ut + VL, cs.dt = cs.xt + VL, cs.dut = cs.dt + VL, cs.gt = cs.dut + VL, cs.ys = cs.gt + VL;
+    cs.zt = cs.ys + VL, cs.ddt = cs.zt + VL, cs.ddu = cs.ddt + VL;
+    for (int64_t i = 0; i < nb; ++i) {
+        block_state *b = &bs[i];
+        b->tk = block_of(a, bg / a->g, bg % a->g, blk0 + i);
+        b->A2 = ws + 4 * i * n, b->Av = b->A2 + n, b->G = b->Av + n, b->dA = b->G + n;
+        b->bias = load_lanes(a->bias + b->tk.c0, 1, b->tk.nv);
+        b->D = load_lanes(a->D + b->tk.c0, 1, b->tk.nv);
+        b->dD = b->dbias = vsplat(0);
+        for (int64_t k = 0; k < n; ++k) {
+            b->Av[k] = load_lanes(a->A + b->tk.c0 * n + k, n, b->tk.nv);
+            b->A2[k] = b->Av[k] * LOG2E;
+            b->G[k] = load_lanes(a->dlast + (b->tk.bi * d + b->tk.c0) * n + k, n, b->tk.nv);
+            b->dA[k] = vsplat(0);
+        }
+    }
+    for (int64_t ci = nchunk - 1; ci >= 0; --ci) {
+        const int64_t t0 = ci * VL;
+        for (int64_t i = 0; i < 2 * n * VL; ++i) cs.Pb[i] = vsplat(0); /* Pb and Pc */
+        for (int64_t i = 0; i < nb; ++i) bwd_chunk(a, &bs[i], ci, &cs);
+        store_lane_sums(n, l, (int)(l - t0 < VL ? l - t0 : VL), cs.Pb, cs.Pc, dB + t0, dC + t0);
+    }
+    for (int64_t i = 0; i < nb; ++i) {
+        const task_t *tk = &bs[i].tk;
+        for (int64_t k = 0; k < n; ++k) store_lanes(a->dA + (tk->bi * d + tk->c0) * n + k, n, tk->nv, bs[i].dA[k]);
+        store_lanes(a->dD + tk->bi * d + tk->c0, 1, tk->nv, bs[i].dD);
+        store_lanes(a->dbias + tk->bi * d + tk->c0, 1, tk->nv, bs[i].dbias);
+    }
     free(ws);
+    free(bs);
     return 0;
 }
 
