@@ -88,8 +88,8 @@ def _macs(build: Callable[[int], nn.Module], is_medmamba: bool) -> tuple[int, in
 
 
 def _warm_scan() -> None:
-    """Run the "auto" selective scan (fused numba on CPU) forward and backward once: the first call compiles or
-    loads the numba cache, which must not land in a timed step."""
+    """Run the "auto" selective scan (fused C kernels on CPU) forward and backward once: the first call builds or
+    loads the kernels, which must not land in a timed step."""
     from mmdiag.ops import selective_scan
 
     torch.manual_seed(0)
@@ -172,7 +172,7 @@ def to_markdown(rows: list[dict]) -> str:
               f"backward + AdamW step (`model.train()`); inference = forward under `torch.inference_mode()` "
               f"(`model.eval()`). Each figure is the median of up to {STEPS} timed steps after {WARMUP} untimed step "
               f"(fewer once a series' timed steps pass {SERIES_BUDGET_S:.0f} s; see the last column); the "
-              "selective scan (`mmdiag.ops`, impl \"auto\" = fused numba kernel on CPU) is warmed up once before any "
+              "selective scan (`mmdiag.ops`, impl \"auto\" = fused C kernels on CPU) is warmed up once before any "
               "timing. MACs per image: MedMamba from `count_macs` (conv + Linear = the paper's convention; \"with "
               "scan\" adds the SS2D x/dt projections and the scans), the CNNs from `FlopCounterMode` FLOPs / 2 (no "
               "scan, so both columns agree). MONAI's `resnet50` is built with `conv1_t_stride=2`, the ImageNet stem "

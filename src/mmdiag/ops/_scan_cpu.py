@@ -118,17 +118,12 @@ def _library(double: bool) -> ctypes.CDLL:
 
 
 def unavailable_reason() -> str | None:
-    """Why the fused kernels cannot run here (building them on first call), or ``None`` if they can."""
+    """Why the fused kernels cannot run here (building the float32 ones on first call), or ``None`` if they can."""
     try:
         _library(False)
-        _library(True)
     except (KernelBuildError, OSError) as err:
         return str(err)
     return None
-
-
-def _ptr(t: Tensor | None) -> int | None:
-    return None if t is None else t.data_ptr()
 
 
 def _run(lib: ctypes.CDLL, args: _Args, backward: bool) -> None:
@@ -147,35 +142,47 @@ def _run(lib: ctypes.CDLL, args: _Args, backward: bool) -> None:
         raise MemoryError("selective_scan: the fused kernel could not allocate its work buffers")
 
 
+_INPUTS = ("u", "delta", "bias", "A", "B", "C", "D", "z")
+
+
+def _args(inputs: tuple, ckpts: list[Tensor], **fields) -> tuple[_Args, object]:
+    """Kernel arguments: the (converted) inputs in ``_INPUTS`` order, the per-batch checkpoint tensors, and sizes,
+    flags and output tensors by field name. Also returns what must stay alive while the kernel runs."""
+    uc, _, _, Ac, Bg = inputs[:5]
+    b, d, l = uc.shape
+    ckpt = (ctypes.c_void_p * b)(*(t.data_ptr() for t in ckpts))
+    args = _Args(b=b, d=d, l=l, n=Ac.shape[1], g=Bg.shape[1], ckpt=ctypes.cast(ckpt, ctypes.c_void_p))
+    for name, value in [*zip(_INPUTS, inputs), *fields.items()]:
+        setattr(args, name, value.data_ptr() if isinstance(value, Tensor) else value)
+    return args, ckpt
+
+
 class _FusedScan(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, keep_states):
         ctype = torch.float64 if u.dtype == torch.float64 else torch.float32
         lib = _library(ctype == torch.float64)
         lanes = lib.scan_lanes()
-        b, d, l = u.shape
-        n = A.shape[1]
 
         def prep(t: Tensor | None) -> Tensor | None:
             return None if t is None else t.to(ctype).contiguous()
 
-        uc, dc, Ac, Dc, biasc, zc = map(prep, (u, delta, A, D, delta_bias, z))
-        Bg, Cg = prep(B if B.dim() == 4 else B[:, None]), prep(C if C.dim() == 4 else C[:, None])
-        g = Bg.shape[1]
+        Bg, Cg = (t if t.dim() == 4 else t[:, None] for t in (B, C))  # (b, n, l) is one group
+        inputs = tuple(map(prep, (u, delta, delta_bias, A, Bg, Cg, D, z)))  # in _INPUTS order
+        uc = inputs[0]
+        (b, d, l), n, g = uc.shape, A.shape[1], Bg.shape[1]
         nblk = -(-(d // g) // lanes)
-        zeros = uc.new_zeros(d)  # stands in for a missing D / delta_bias
         # Chunk-start states, one tensor per batch element: each stays under glibc's 32 MB mmap threshold, so its
         # memory is reused from the heap instead of page-faulted in afresh on every call at large batch sizes.
         ckpts = [uc.new_empty(-(-l // lanes) if keep_states else 0, n, d) for _ in range(b)]
-        ckpt = (ctypes.c_void_p * b)(*map(_ptr, ckpts))
         y, last = torch.empty_like(uc), uc.new_empty(b, d, n)
-        args = _Args(
-            b, d, l, n, g, nblk, 1, bool(delta_softplus), zc is not None, bool(keep_states),
-            *map(_ptr, (uc, dc, zeros if biasc is None else biasc, Ac, Bg, Cg, zeros if Dc is None else Dc, zc)),
-            _ptr(y), ctypes.cast(ckpt, ctypes.c_void_p), _ptr(last),
+        args, _ckpt_array = _args(
+            inputs, ckpts, nblk=nblk, nparts=1, softplus=bool(delta_softplus), has_z=z is not None,
+            keep=bool(keep_states), y=y, last=last,
         )  # fmt: skip
         _run(lib, args, backward=False)
-        ctx.save_for_backward(uc, dc, biasc, Ac, Bg, Cg, Dc, zc, *ckpts)
+        ctx.save_for_backward(*(t for t in inputs if t is not None), *ckpts)
+        ctx.given = [t is not None for t in inputs]
         ctx.softplus, ctx.nblk = bool(delta_softplus), nblk
         # dtype and shape of each input's gradient
         ctx.like = [None if t is None else (t.dtype, t.shape) for t in (u, delta, A, B, C, D, z, delta_bias)]
@@ -184,10 +191,12 @@ class _FusedScan(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy, dlast=None):
-        uc, dc, biasc, Ac, Bg, Cg, Dc, zc, *ckpts = ctx.saved_tensors
+        saved = iter(ctx.saved_tensors)
+        inputs = tuple(next(saved) if given else None for given in ctx.given)
+        ckpts = list(saved)
+        uc, dc, biasc, Ac, Bg, Cg, Dc, zc = inputs
         lib = _library(uc.dtype == torch.float64)
-        b, d, l = uc.shape
-        g, n, nblk = Bg.shape[1], Ac.shape[1], ctx.nblk
+        (b, d, l), n, g, nblk = uc.shape, Ac.shape[1], Bg.shape[1], ctx.nblk
         dyc = dy.to(uc.dtype).contiguous()
         glast = uc.new_zeros(b, d, n) if dlast is None else dlast.to(uc.dtype).contiguous()
         du, ddelta = torch.empty_like(uc), torch.empty_like(uc)
@@ -197,13 +206,9 @@ class _FusedScan(torch.autograd.Function):
         # enough for the threads, so that no partial sums need a buffer of their own.
         parts = -(-nblk // -(-nblk // min(nblk, -(-2 * torch.get_num_threads() // (b * g)))))  # none left empty
         dB, dC = uc.new_empty(b, g * parts, n, l), uc.new_empty(b, g * parts, n, l)
-        zeros = uc.new_zeros(d)
-        ckpt = (ctypes.c_void_p * b)(*map(_ptr, ckpts))
-        args = _Args(
-            b, d, l, n, g, nblk, parts, ctx.softplus, zc is not None, 1,
-            *map(_ptr, (uc, dc, zeros if biasc is None else biasc, Ac, Bg, Cg, zeros if Dc is None else Dc, zc)),
-            None, ctypes.cast(ckpt, ctypes.c_void_p), None,
-            *map(_ptr, (dyc, glast, du, ddelta, dz, dA, dD, dbias, dB, dC)),
+        args, _ckpt_array = _args(
+            inputs, ckpts, nblk=nblk, nparts=parts, softplus=ctx.softplus, has_z=zc is not None, keep=1,
+            dy=dyc, dlast=glast, du=du, ddelta=ddelta, dz=dz, dA=dA, dD=dD, dbias=dbias, dB=dB, dC=dC,
         )  # fmt: skip
         _run(lib, args, backward=True)
         grads = (

@@ -39,7 +39,7 @@ typedef real uvec __attribute__((vector_size(64), aligned(sizeof(real)))); /* un
 
 typedef struct {
     int64_t b, d, l, n, g, nblk, nparts, softplus, has_z, keep; /* nparts: backward tasks per (batch, group) */
-    const real *u, *delta, *bias, *A, *B, *C, *D, *z;
+    const real *u, *delta, *bias, *A, *B, *C, *D, *z; /* bias, D, z: NULL if not given */
     real *y, *const *ckpt, *last; /* ckpt[bi]: (nchunk, n, d) chunk-start states of batch element bi */
     const real *dy, *dlast;
     real *du, *ddelta, *dz, *dA, *dD, *dbias, *dB, *dC;
@@ -211,6 +211,9 @@ static task_t block_of(const scan_args *a, int64_t bi, int64_t gi, int64_t blk) 
     return t;
 }
 
+/* A per-channel parameter (delta_bias, D) for the block's lanes; NULL means zero. */
+static inline vec channel_lanes(const real *p, const task_t *tk) { return p ? load_lanes(p + tk->c0, 1, tk->nv) : vsplat(0); }
+
 /* dt and dt * u of a chunk, time-major; x = delta + bias is kept for the softplus derivative. */
 static void chunk_inputs(const scan_args *a, const task_t *tk, int64_t t0, int tn, vec bias, vec *restrict ut,
                          vec *restrict xt, vec *restrict dt, vec *restrict dut) {
@@ -311,7 +314,7 @@ static int fwd_task(const scan_args *a, int64_t task) {
     vec *ws = aligned_alloc(64, sizeof(vec) * (2 * n + 5 * VL));
     if (!ws) return -1;
     vec *A2 = ws, *h = A2 + n, *ut = h + n, *xt = ut + VL, *dt = xt + VL, *dut = dt + VL, *yt = dut + VL;
-    vec bias = load_lanes(a->bias + tk.c0, 1, tk.nv), D = load_lanes(a->D + tk.c0, 1, tk.nv);
+    vec bias = channel_lanes(a->bias, &tk), D = channel_lanes(a->D, &tk);
     for (int64_t k = 0; k < n; ++k) {
         A2[k] = load_lanes(a->A + tk.c0 * n + k, n, tk.nv) * LOG2E;
         h[k] = vsplat(0);
@@ -426,8 +429,8 @@ static int bwd_task(const scan_args *a, int64_t task) {
         block_state *b = &bs[i];
         b->tk = block_of(a, bg / a->g, bg % a->g, blk0 + i);
         b->A2 = ws + 4 * i * n, b->Av = b->A2 + n, b->G = b->Av + n, b->dA = b->G + n;
-        b->bias = load_lanes(a->bias + b->tk.c0, 1, b->tk.nv);
-        b->D = load_lanes(a->D + b->tk.c0, 1, b->tk.nv);
+        b->bias = channel_lanes(a->bias, &b->tk);
+        b->D = channel_lanes(a->D, &b->tk);
         b->dD = b->dbias = vsplat(0);
         for (int64_t k = 0; k < n; ++k) {
             b->Av[k] = load_lanes(a->A + b->tk.c0 * n + k, n, b->tk.nv);

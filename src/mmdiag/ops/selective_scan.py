@@ -138,8 +138,8 @@ def selective_scan(
     cannot pass an ``impl`` string as ``return_last_state`` silently.
 
     Args:
-        impl: ``"ref"`` (sequential loop), ``"torch"`` (chunked pure PyTorch, any device), ``"fused"`` (numba CPU
-            kernel with its own backward), ``"cuda"`` (mamba_ssm kernels), ``"fast"``/``"auto"`` (fastest available
+        impl: ``"ref"`` (sequential loop), ``"torch"`` (chunked pure PyTorch, any device), ``"fused"`` (C CPU
+            kernels with their own backward, built on first use), ``"cuda"`` (mamba_ssm kernels), ``"fast"``/``"auto"`` (fastest available
             for the tensors' device; falls back to ``"torch"`` with one logged notice).
 
     Raises:
