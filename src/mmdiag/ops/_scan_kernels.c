@@ -212,7 +212,9 @@ static task_t block_of(const scan_args *a, int64_t bi, int64_t gi, int64_t blk) 
 }
 
 /* A per-channel parameter (delta_bias, D) for the block's lanes; NULL means zero. */
-static inline vec channel_lanes(const real *p, const task_t *tk) { return p ? load_lanes(p + tk->c0, 1, tk->nv) : vsplat(0); }
+static inline vec channel_lanes(const real *p, const task_t *tk) {
+    return p ? load_lanes(p + tk->c0, 1, tk->nv) : vsplat(0);
+}
 
 /* dt and dt * u of a chunk, time-major; x = delta + bias is kept for the softplus derivative. */
 static void chunk_inputs(const scan_args *a, const task_t *tk, int64_t t0, int tn, vec bias, vec *restrict ut,
