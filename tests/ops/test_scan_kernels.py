@@ -46,10 +46,11 @@ def test_missing_compiler_falls_back_to_torch_with_the_reason(fresh_build, monke
     inputs = make_inputs(1, 4, 9, 2, None, True, False, False, True)
     with caplog.at_level(logging.WARNING, logger="mmdiag.ops.selective_scan"):
         y = selective_scan(**inputs, delta_softplus=True)
-    assert [r.getMessage() for r in caplog.records] == [
+    expected = (
         "selective_scan: impl='auto' falls back from 'fused' to 'torch': no C compiler found (set $CC or install "
         "gcc/clang) to build the fused CPU kernels"
-    ]
+    )
+    assert [r.getMessage() for r in caplog.records] == [expected]
     assert_rel_close(y, selective_scan_ref(**inputs, delta_softplus=True), "y")
     with pytest.raises(ScanImplError, match="no C compiler found"):
         selective_scan(**inputs, delta_softplus=True, impl="fused")

@@ -1,15 +1,15 @@
 """Fused CPU selective scan: C kernels (``_scan_kernels.c``) built at first use, called through ctypes.
 
 The kernels (forward recurrence and reverse-time adjoint, float32 and float64) are compiled once per machine with
-the system C compiler (``$CC``, else ``cc``/``gcc``/``clang``) at ``-O3 -march=native`` and cached as shared
-libraries under ``$MMDIAG_CACHE_DIR`` (default ``~/.cache/mmdiag``)/``kernels``, keyed by the source, the flags,
-the compiler and the CPU. A build takes about a second per dtype. Without a working compiler,
+the system C compiler (``$CC``, else ``cc``/``gcc``/``clang``) at ``-O3 -march=native -fopenmp`` and cached as
+shared libraries under ``$MMDIAG_CACHE_DIR/kernels`` (default ``~/.cache/mmdiag/kernels``), keyed by the source,
+the flags, the compiler and the CPU. A build takes about half a second per dtype. Without a working compiler,
 :func:`unavailable_reason` says why and ``selective_scan(impl="auto")`` falls back to the torch path.
 
-Work is split into tasks of (batch, group, block of 16 channels) that run on ``torch.get_num_threads()`` threads;
-ctypes releases the GIL during each call. With grad, the forward keeps the state at each chunk start
-(``b * ceil(l / lanes) * n * d`` values); the backward recomputes each chunk from there. docs/scan.md has the
-layout, the arithmetic bound and the measured costs.
+Work is split into tasks of channel blocks that run on ``torch.get_num_threads()`` threads of torch's own OpenMP
+runtime (a Python thread pool for builds without OpenMP; ctypes releases the GIL during each call). With grad, the
+forward keeps the state at each chunk start (``b * ceil(l / lanes) * n * d`` values); the backward recomputes each
+chunk from there. docs/scan.md has the layout, the arithmetic bound and the measured costs.
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ def _compile(cc: str, double: bool, out: Path) -> None:
         fd, tmp = tempfile.mkstemp(suffix=out.suffix, dir=out.parent)
         os.close(fd)
         cmd = [cc, *_FLAGS, *extra, f"-DSCAN_DOUBLE={int(double)}", str(_SOURCE), "-o", tmp, "-lm"]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        proc = subprocess.run(cmd, check=False, capture_output=True, text=True)
         if proc.returncode == 0:
             os.replace(tmp, out)
             return
@@ -99,7 +99,7 @@ def _library(double: bool) -> ctypes.CDLL:
     cc = _compiler()
     if cc is None:
         raise KernelBuildError("no C compiler found (set $CC or install gcc/clang) to build the fused CPU kernels")
-    version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout
+    version = subprocess.run([cc, "--version"], check=False, capture_output=True, text=True).stdout
     key = hashlib.sha256(
         "\0".join([_SOURCE.read_text(), repr((_FLAGS, _OPTIONAL_FLAGS)), cc, version, _cpu_tag()]).encode()
     ).hexdigest()[:16]
@@ -194,7 +194,7 @@ class _FusedScan(torch.autograd.Function):
         saved = iter(ctx.saved_tensors)
         inputs = tuple(next(saved) if given else None for given in ctx.given)
         ckpts = list(saved)
-        uc, dc, biasc, Ac, Bg, Cg, Dc, zc = inputs
+        uc, _, _, Ac, Bg, _, _, zc = inputs  # in _INPUTS order
         lib = _library(uc.dtype == torch.float64)
         (b, d, l), n, g, nblk = uc.shape, Ac.shape[1], Bg.shape[1], ctx.nblk
         dyc = dy.to(uc.dtype).contiguous()

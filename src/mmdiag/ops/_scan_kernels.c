@@ -1,7 +1,7 @@
 /* Fused CPU selective scan: the forward recurrence and its reverse-time adjoint (mmdiag.ops, impl="fused").
  *
- * Built at first use by mmdiag/ops/_scan_cpu.py with the system C compiler (-O3 -march=native), once with
- * -DSCAN_DOUBLE=0 (float32) and once with -DSCAN_DOUBLE=1 (float64). docs/scan.md explains the layout and the
+ * Built at first use by mmdiag/ops/_scan_cpu.py with the system C compiler (-O3 -march=native -fopenmp), with
+ * -DSCAN_DOUBLE=0 (float32) or -DSCAN_DOUBLE=1 (float64) when first needed. docs/scan.md explains the layout and the
  * measured costs; in short:
  *
  * - A vector ("vec", 64 bytes: 16 floats or 8 doubles, GCC/Clang vector extensions) holds one value for each of
@@ -14,9 +14,12 @@
  * - exp is 2^x with x = dt * (A log2 e): round-to-nearest by the 1.5 * 2^23 trick, a degree-6 polynomial on
  *   [-1/2, 1/2] (max relative error 1e-7), the exponent added in the integer bits; below 2^-125 it returns 0
  *   (no denormals), at 2^128 inf. float64 uses libm's exp2.
- * - With keep != 0 the forward stores the state at each chunk start; the backward recomputes a chunk's states and
- *   decays into small buffers, runs the adjoint recurrence backwards through it and sums the dB/dC terms over a
- *   block's lanes with a shuffle reduction of VL vectors at once.
+ * - With keep != 0 the forward stores the state at each chunk start. A backward task takes the channel blocks of a
+ *   (batch, group), or a part of them, and walks the chunks in reverse with all its blocks in step: per block it
+ *   recomputes the chunk's states and decays into small buffers and runs the adjoint recurrence backwards through
+ *   them; the blocks' dB/dC terms are accumulated per lane and summed over the lanes once per chunk (a shuffle
+ *   reduction of VL vectors at once).
+ * - Tasks run on the OpenMP threads of the runtime torch loaded (see scan_run).
  */
 #include <math.h>
 #include <stdint.h>
