@@ -82,3 +82,13 @@ def test_any_thread_count_and_both_schedulers_match_ref(threads, pool, monkeypat
     assert_rel_close(last, last_ref, "last_state")
     for name in grads_ref:
         assert_rel_close(grads[name], grads_ref[name], f"d{name}")
+
+
+def test_unwritable_cache_builds_in_a_private_directory(fresh_build, monkeypatch, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setenv("MMDIAG_CACHE_DIR", str(blocker))  # "<file>/kernels" cannot be created
+    inputs = make_inputs(1, 4, 9, 2, None, True, False, False, True)
+    y = selective_scan(**inputs, delta_softplus=True, impl="fused")
+    assert_rel_close(y, selective_scan_ref(**inputs, delta_softplus=True), "y")
+    assert any(scan_cpu._private_dir().glob("scan_f32_*"))

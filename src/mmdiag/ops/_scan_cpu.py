@@ -59,6 +59,23 @@ def cache_dir() -> Path:
     return Path(root) / ("kernels" if os.environ.get("MMDIAG_CACHE_DIR") else "mmdiag/kernels")
 
 
+@functools.cache
+def _private_dir() -> Path:
+    """This process' own directory for kernels when the cache directory is not writable (rebuilt per process)."""
+    return Path(tempfile.mkdtemp(prefix="mmdiag-kernels-"))
+
+
+def _kernel_dir() -> Path:
+    path = cache_dir()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        if os.access(path, os.W_OK):
+            return path
+    except OSError:
+        pass
+    return _private_dir()
+
+
 def _compiler() -> str | None:
     cc = os.environ.get("CC")
     if cc:
@@ -78,7 +95,6 @@ def _cpu_tag() -> str:
 
 def _compile(cc: str, double: bool, out: Path) -> None:
     """Compile the kernels for one dtype into ``out`` (atomically) with the first flags the compiler accepts."""
-    out.parent.mkdir(parents=True, exist_ok=True)
     errors = []
     for extra in _OPTIONAL_FLAGS:
         fd, tmp = tempfile.mkstemp(suffix=out.suffix, dir=out.parent)
@@ -104,7 +120,7 @@ def _library(double: bool) -> ctypes.CDLL:
         "\0".join([_SOURCE.read_text(), repr((_FLAGS, _OPTIONAL_FLAGS)), cc, version, _cpu_tag()]).encode()
     ).hexdigest()[:16]
     suffix = ".dll" if sys.platform == "win32" else ".so"
-    path = cache_dir() / f"scan_{'f64' if double else 'f32'}_{key}{suffix}"
+    path = _kernel_dir() / f"scan_{'f64' if double else 'f32'}_{key}{suffix}"
     if not path.exists():
         _compile(cc, double, path)
     try:
