@@ -21,9 +21,9 @@ def fresh_build(monkeypatch, tmp_path):
     """Kernels built into an empty cache directory; the process-wide library handles restored afterwards."""
     monkeypatch.setenv("MMDIAG_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(ss, "_noticed", set())
-    scan_cpu._library.cache_clear()
+    scan_cpu._load.cache_clear()
     yield tmp_path / "kernels"
-    scan_cpu._library.cache_clear()
+    scan_cpu._load.cache_clear()
 
 
 def test_kernels_are_built_once_and_loaded_from_the_cache(fresh_build, monkeypatch):
@@ -32,7 +32,7 @@ def test_kernels_are_built_once_and_loaded_from_the_cache(fresh_build, monkeypat
     assert_rel_close(y, selective_scan_ref(**inputs, delta_softplus=True), "y")
     built = sorted(p.name for p in fresh_build.iterdir())
     assert len(built) == 1 and built[0].startswith("scan_f32_"), built  # float64 kernels only when used
-    scan_cpu._library.cache_clear()
+    scan_cpu._load.cache_clear()
 
     def no_compiler(*args):
         raise AssertionError("rebuilt although the cache holds the library")
@@ -61,6 +61,12 @@ def test_compiler_errors_name_the_command(fresh_build, monkeypatch):
     reason = scan_cpu.unavailable_reason()
     assert reason is not None and "false -O3" in reason and "_scan_kernels.c" in reason and "failed" in reason
     assert not any(fresh_build.glob("*.so")), "a failed build must not leave a library behind"
+
+    def compile_again(*args):
+        raise AssertionError("a failed build is retried on every call")
+
+    monkeypatch.setattr(scan_cpu, "_compile", compile_again)
+    assert scan_cpu.unavailable_reason() == reason
 
 
 @pytest.mark.parametrize("threads", [1, 3])

@@ -47,7 +47,7 @@ class _Args(ctypes.Structure):
     """Mirror of ``scan_args`` in ``_scan_kernels.c``."""
 
     _fields_ = [
-        *((name, ctypes.c_int64) for name in ("b", "d", "l", "n", "g", "nblk", "nparts", "softplus", "has_z", "keep")),
+        *((name, ctypes.c_int64) for name in ("b", "d", "l", "n", "g", "nblk", "per", "softplus", "has_z", "keep")),
         *((name, ctypes.c_void_p) for name in ("u", "delta", "bias", "A", "B", "C", "D", "z", "y", "ckpt", "last")),
         *((name, ctypes.c_void_p) for name in ("dy", "dlast", "du", "ddelta", "dz", "dA", "dD", "dbias", "dB", "dC")),
     ]
@@ -109,9 +109,27 @@ def _compile(cc: str, double: bool, out: Path) -> None:
     raise KernelBuildError("; ".join(errors))
 
 
-@functools.cache
 def _library(double: bool) -> ctypes.CDLL:
-    """The kernels for float64 (``double``) or float32 inputs, built on first use."""
+    """The kernels for float64 (``double``) or float32 inputs, built on first use; raises KernelBuildError."""
+    lib = _load(double)
+    if isinstance(lib, KernelBuildError):
+        raise lib
+    return lib
+
+
+@functools.cache
+def _load(double: bool) -> ctypes.CDLL | KernelBuildError:
+    """Build (or find in the cache) and load the kernels once per process; a failure is kept, not retried on
+    every scan call."""
+    try:
+        return _build_and_load(double)
+    except OSError as err:
+        return KernelBuildError(f"the fused CPU kernels could not be built: {err}")
+    except KernelBuildError as err:
+        return err
+
+
+def _build_and_load(double: bool) -> ctypes.CDLL:
     cc = _compiler()
     if cc is None:
         raise KernelBuildError("no C compiler found (set $CC or install gcc/clang) to build the fused CPU kernels")
@@ -135,11 +153,8 @@ def _library(double: bool) -> ctypes.CDLL:
 
 def unavailable_reason() -> str | None:
     """Why the fused kernels cannot run here (building the float32 ones on first call), or ``None`` if they can."""
-    try:
-        _library(False)
-    except (KernelBuildError, OSError) as err:
-        return str(err)
-    return None
+    lib = _load(False)
+    return str(lib) if isinstance(lib, KernelBuildError) else None
 
 
 def _run(lib: ctypes.CDLL, args: _Args, backward: bool) -> None:
@@ -193,7 +208,7 @@ class _FusedScan(torch.autograd.Function):
         ckpts = [uc.new_empty(-(-l // lanes) if keep_states else 0, n, d) for _ in range(b)]
         y, last = torch.empty_like(uc), uc.new_empty(b, d, n)
         args, _ckpt_array = _args(
-            inputs, ckpts, nblk=nblk, nparts=1, softplus=bool(delta_softplus), has_z=z is not None,
+            inputs, ckpts, nblk=nblk, per=nblk, softplus=bool(delta_softplus), has_z=z is not None,
             keep=bool(keep_states), y=y, last=last,
         )  # fmt: skip
         _run(lib, args, backward=False)
@@ -218,12 +233,14 @@ class _FusedScan(torch.autograd.Function):
         du, ddelta = torch.empty_like(uc), torch.empty_like(uc)
         dz = None if zc is None else torch.empty_like(zc)
         dA, dD, dbias = uc.new_empty(b, d, n), uc.new_empty(b, d), uc.new_empty(b, d)
-        # A task sums dB/dC over the channel blocks of a part of a group: one part per group when there are tasks
-        # enough for the threads, so that no partial sums need a buffer of their own.
-        parts = -(-nblk // -(-nblk // min(nblk, -(-2 * torch.get_num_threads() // (b * g)))))  # none left empty
+        # A task sums dB/dC over `per` channel blocks of a group: all of them (one part per group) when there are
+        # tasks enough for two per thread, so that no partial sums need a buffer of their own.
+        wanted_parts = min(nblk, -(-2 * torch.get_num_threads() // (b * g)))
+        per = -(-nblk // wanted_parts)
+        parts = -(-nblk // per)  # the C kernel's nparts()
         dB, dC = uc.new_empty(b, g * parts, n, l), uc.new_empty(b, g * parts, n, l)
         args, _ckpt_array = _args(
-            inputs, ckpts, nblk=nblk, nparts=parts, softplus=ctx.softplus, has_z=zc is not None, keep=1,
+            inputs, ckpts, nblk=nblk, per=per, softplus=ctx.softplus, has_z=zc is not None, keep=1,
             dy=dyc, dlast=glast, du=du, ddelta=ddelta, dz=dz, dA=dA, dD=dD, dbias=dbias, dB=dB, dC=dC,
         )  # fmt: skip
         _run(lib, args, backward=True)

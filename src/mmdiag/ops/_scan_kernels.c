@@ -41,7 +41,7 @@ typedef real uvec __attribute__((vector_size(64), aligned(sizeof(real)))); /* un
 #define LOG2E ((real)1.4426950408889634)
 
 typedef struct {
-    int64_t b, d, l, n, g, nblk, nparts, softplus, has_z, keep; /* nparts: backward tasks per (batch, group) */
+    int64_t b, d, l, n, g, nblk, per, softplus, has_z, keep; /* per: channel blocks per backward task */
     const real *u, *delta, *bias, *A, *B, *C, *D, *z; /* bias, D, z: NULL if not given */
     real *y, *const *ckpt, *last; /* ckpt[bi]: (nchunk, n, d) chunk-start states of batch element bi */
     const real *dy, *dlast;
@@ -198,7 +198,7 @@ static inline void store_lanes(real *dst, int64_t stride, int nv, vec v) {
 /* Tasks */
 
 typedef struct {
-    int64_t bi, gi, blk, c0; /* batch, group, block within the group, first channel */
+    int64_t bi, gi, c0; /* batch, group, first channel */
     int nv;                  /* channels in this block (< VL for a ragged last block) */
 } task_t;
 
@@ -208,7 +208,6 @@ static task_t block_of(const scan_args *a, int64_t bi, int64_t gi, int64_t blk) 
     const int64_t r = a->d / a->g;
     t.bi = bi;
     t.gi = gi;
-    t.blk = blk;
     t.c0 = gi * r + blk * VL;
     t.nv = (int)(r - blk * VL < VL ? r - blk * VL : VL);
     return t;
@@ -404,17 +403,16 @@ static void bwd_chunk(const scan_args *a, block_state *bs, int64_t ci, const chu
     store_tile(cs->ddt, a->ddelta + row, l, tk->nv, tn);
 }
 
+/* Number of backward tasks per (batch, group): parts of ``per`` channel blocks, the last one possibly shorter. */
+static int64_t nparts(const scan_args *a) { return (a->nblk + a->per - 1) / a->per; }
+
 /* Backward task: part ``task % nparts`` of the channel blocks of one (batch, group), all blocks advancing chunk by
  * chunk so that their dB/dC terms are summed over lanes once per chunk; dB/dC rows are (b, g * nparts, n, l). */
 static int bwd_task(const scan_args *a, int64_t task) {
     const int64_t n = a->n, l = a->l, d = a->d, nchunk = (l + VL - 1) / VL;
-    const int64_t part = task % a->nparts, bg = task / a->nparts, per = (a->nblk + a->nparts - 1) / a->nparts;
-    const int64_t blk0 = part * per, nb = (blk0 + per < a->nblk ? per : a->nblk - blk0);
+    const int64_t part = task % nparts(a), bg = task / nparts(a), per = a->per;
+    const int64_t blk0 = part * per, nb = (blk0 + per < a->nblk ? per : a->nblk - blk0); /* >= 1 */
     real *dB = a->dB + task * n * l, *dC = a->dC + task * n * l;
-    if (nb <= 0) { /* a part with no blocks */
-        for (int64_t i = 0; i < n * l; ++i) dB[i] = dC[i] = 0;
-        return 0;
-    }
     vec *ws = aligned_alloc(64, sizeof(vec) * (4 * nb * n + (VL + 1) * n + 3 * VL * n + 9 * VL));
     block_state *bs = aligned_alloc(64, sizeof(block_state) * nb); /* holds vectors: 64-byte aligned */
     if (!ws || !bs) {
@@ -467,7 +465,7 @@ static int bwd_task(const scan_args *a, int64_t task) {
  * without it, each caller thread runs tasks first, first + step, ... (the caller releases the GIL). Returns 0, or
  * -1 if a work buffer could not be allocated. */
 int scan_run(const scan_args *a, int backward, int64_t first, int64_t step, int nthreads) {
-    const int64_t ntask = a->b * a->g * (backward ? a->nparts : a->nblk);
+    const int64_t ntask = a->b * a->g * (backward ? nparts(a) : a->nblk);
     int err = 0;
 #ifdef _OPENMP
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads) reduction(| : err)
