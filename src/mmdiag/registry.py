@@ -25,9 +25,13 @@ class Registry(Generic[T]):
         self.kind = kind
         self.list_verb = list_verb
         self._entries: dict[str, T] = {}
+        self._tags: dict[str, dict[str, object]] = {}
 
-    def register(self, fn: T | None = None, *, name: str | None = None):
-        """Register ``fn`` under its function name (or ``name``). Usable as ``@reg.register`` or with arguments."""
+    def register(self, fn: T | None = None, *, name: str | None = None, **tags: object):
+        """Register ``fn`` under its function name (or ``name``), with optional ``tags`` (facts about the entry).
+
+        Usable as ``@reg.register`` or with arguments.
+        """
 
         def wrap(f: T) -> T:
             key = name or f.__name__
@@ -35,6 +39,7 @@ class Registry(Generic[T]):
                 raise MmdiagError(f"{self.kind} {key!r} is registered twice ({self._entries[key].__module__} and "
                                   f"{f.__module__})")
             self._entries[key] = f
+            self._tags[key] = dict(tags)
             return f
 
         return wrap(fn) if fn is not None else wrap
@@ -45,6 +50,11 @@ class Registry(Generic[T]):
             return self._entries[name]
         except KeyError:
             raise UnknownNameError(self.kind, name, self._entries, self.list_verb) from None
+
+    def tags(self, name: str) -> dict[str, object]:
+        """The tags ``name`` was registered with; raises :class:`UnknownNameError` like :meth:`get`."""
+        self.get(name)
+        return self._tags[name]
 
     def names(self, pattern: str = "*", include_hidden: bool = False) -> list[str]:
         """Sorted names matching a shell ``pattern``; ``tiny_*`` test variants only with ``include_hidden``."""

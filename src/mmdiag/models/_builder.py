@@ -1,34 +1,77 @@
-"""Building a model for a dataset: multimodal families take the spec, single-image classifiers get adapted."""
+"""Building a model: options checked, module built, then weights and PEFT (timm's ``build_model_with_cfg`` order).
+
+Constructors never read files; everything a finished module needs from disk is loaded here, after it exists.
+"""
 
 from __future__ import annotations
 
-import inspect
+import os
 from typing import Any
 
 from torch import nn
 
 from mmdiag.data.schema import DatasetSpec
+from mmdiag.errors import ConfigError
 from mmdiag.io.checkpoint import load_checkpoint
-from mmdiag.models._factory import create_model
+from mmdiag.models._factory import check_options, is_multimodal
+from mmdiag.models.contract import MultimodalModel
 from mmdiag.registry import MODELS
 
-__all__ = ["build_for_dataset"]
+__all__ = ["build_model", "build_for_dataset"]
+
+
+def build_model(name: str, options: dict[str, Any], *, checkpoint: str | os.PathLike | None = None,
+                peft: str | None = None, peft_options: dict[str, Any] | None = None,
+                where: str = "create_model", pretrained: bool = True) -> nn.Module:
+    """Build registered model ``name`` with ``options`` (``spec`` for multimodal models), then load and adapt it.
+
+    Args:
+        pretrained: call the model's :meth:`~mmdiag.models.contract.MultimodalModel.load_pretrained` (off when a
+            finished run is rebuilt from its own weights).
+
+    Raises:
+        ConfigError: an option the model does not take, or a multimodal model without ``spec``/``num_classes``.
+    """
+    options = dict(options)
+    if is_multimodal(name):
+        spec = options.pop("spec", None)
+        if spec is None:
+            spec = _default_spec(name, options.pop("num_classes", None))
+        check_options(name, options, where)
+        model = MODELS.get(name)(spec, **options)
+    else:
+        check_options(name, options, where)
+        model = MODELS.get(name)(**options)
+    if pretrained and isinstance(model, MultimodalModel):
+        model.load_pretrained()
+    if checkpoint is not None:
+        load_checkpoint(model, checkpoint)
+    if peft is not None:
+        from mmdiag.models.peft import apply_peft
+
+        model = apply_peft(model, peft, **(peft_options or {}))
+    return model
+
+
+def _default_spec(name: str, num_classes: int | None) -> DatasetSpec:
+    """A single-task spec over the model's default modalities (``default_spec`` tag) with ``num_classes`` classes."""
+    default = MODELS.tags(name).get("default_spec")
+    if num_classes is None or default is None:
+        raise ConfigError(f"create_model({name!r}) builds a multimodal model: pass spec=mmdiag.load_dataset_spec(...)"
+                          + ("" if default is None else " or num_classes=N"))
+    return default(num_classes)
 
 
 def build_for_dataset(spec: DatasetSpec, name: str, options: dict[str, Any] | None = None,
                       checkpoint: str | None = None, peft: str | None = None,
-                      peft_options: dict[str, Any] | None = None) -> nn.Module:
-    """Build model ``name`` for ``spec``.
-
-    A model whose constructor takes ``spec`` is built with it; any other registered model is an image classifier and
-    is wrapped in :class:`~mmdiag.models.nets.single_image.SingleImageClassifier` (its checkpoint loads into the inner
-    network, so official weight files apply unchanged).
-    """
-    import mmdiag.models._families  # noqa: F401
-
-    options = dict(options or {})
-    if "spec" in inspect.signature(MODELS.get(name)).parameters:
-        return create_model(name, spec=spec, checkpoint=checkpoint, peft=peft, peft_options=peft_options, **options)
+                      peft_options: dict[str, Any] | None = None, pretrained: bool = True) -> nn.Module:
+    """Build model ``name`` for ``spec``: a multimodal model with it, an image model wrapped in
+    :class:`~mmdiag.models.nets.single_image.SingleImageClassifier` (its checkpoint and PEFT apply to the inner
+    network, so official weight files load unchanged)."""
+    options = {k: v for k, v in (options or {}).items() if v is not None}
+    if is_multimodal(name):
+        return build_model(name, {**options, "spec": spec}, checkpoint=checkpoint, peft=peft,
+                           peft_options=peft_options, where="model.options", pretrained=pretrained)
     from mmdiag.models.nets.single_image import SingleImageClassifier
 
     model = SingleImageClassifier(spec, name, **options)

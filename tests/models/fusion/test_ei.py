@@ -243,7 +243,7 @@ def test_configuration_errors_name_the_option():
             "photo": {"kind": "image"}, "record": {"kind": "tabular", "fields": {"age": {"type": "numeric"}}}}}))
     with pytest.raises(ConfigError, match="prior_modality names 'skin'"):
         _ei(SPEC2, prior_modality="skin")
-    with pytest.raises(ConfigError, match=r"\['lr'\] are not EI options"):
+    with pytest.raises(ConfigError, match=r"model 'ei' has no option 'lr'"):
         _ei(SPEC2, lr=1)
     with pytest.raises(ConfigError, match="vfm=.medmamba_t. is a MedMamba.*ViT"):
         create_model("ei", spec=SPEC2, vfm="medmamba_t")

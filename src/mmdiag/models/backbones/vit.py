@@ -499,31 +499,31 @@ def _create_vit(defaults: dict[str, Any], kwargs: dict[str, Any], mean: tuple[fl
     return model
 
 
-@register_model
+@register_model(options=VisionTransformer)
 def dinov2_vits14(**kwargs: Any) -> VisionTransformer:
     """DINOv2 ViT-S/14 (``dinov2_vits14_pretrain.pth``): 384 wide, 6 heads, LayerScale; any input size."""
     return _create_vit(dict(_DINOV2, embed_dim=384, num_heads=6), kwargs, IMAGENET_MEAN, IMAGENET_STD)
 
 
-@register_model
+@register_model(options=VisionTransformer)
 def dinov2_vitb14(**kwargs: Any) -> VisionTransformer:
     """DINOv2 ViT-B/14 (``dinov2_vitb14_pretrain.pth``): 768 wide, 12 heads, LayerScale; any input size."""
     return _create_vit(dict(_DINOV2, embed_dim=768, num_heads=12), kwargs, IMAGENET_MEAN, IMAGENET_STD)
 
 
-@register_model
+@register_model(options=VisionTransformer)
 def dinov2_vits14_reg(**kwargs: Any) -> VisionTransformer:
     """DINOv2 ViT-S/14 with 4 register tokens (``dinov2_vits14_reg4_pretrain.pth``)."""
     return _create_vit(dict(_DINOV2_REG, embed_dim=384, num_heads=6), kwargs, IMAGENET_MEAN, IMAGENET_STD)
 
 
-@register_model
+@register_model(options=VisionTransformer)
 def dinov2_vitb14_reg(**kwargs: Any) -> VisionTransformer:
     """DINOv2 ViT-B/14 with 4 register tokens (``dinov2_vitb14_reg4_pretrain.pth``), the VFM EI uses."""
     return _create_vit(dict(_DINOV2_REG, embed_dim=768, num_heads=12), kwargs, IMAGENET_MEAN, IMAGENET_STD)
 
 
-@register_model
+@register_model(options=VisionTransformer)
 def clip_vit_b16(**kwargs: Any) -> VisionTransformer:
     """OpenAI CLIP ViT-B/16 image tower: QuickGELU, ``norm_pre``; ``proj_dim=512`` keeps CLIP's projection.
 
@@ -534,21 +534,21 @@ def clip_vit_b16(**kwargs: Any) -> VisionTransformer:
     return _create_vit(dict(_CLIP, embed_dim=768, num_heads=12), kwargs, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)
 
 
-@register_model
+@register_model(options=VisionTransformer)
 def tiny_dinov2(**kwargs: Any) -> VisionTransformer:
     """Test variant with DINOv2's structure (2 blocks, 32 wide, 56 px grid)."""
     return _create_vit(dict(_DINOV2, img_size=56, embed_dim=32, depth=2, num_heads=2), kwargs, IMAGENET_MEAN,
                        IMAGENET_STD)
 
 
-@register_model
+@register_model(options=VisionTransformer)
 def tiny_dinov2_reg(**kwargs: Any) -> VisionTransformer:
     """Test variant with DINOv2-with-registers' structure (2 blocks, 32 wide, 4 registers, 56 px grid)."""
     return _create_vit(dict(_DINOV2_REG, img_size=56, embed_dim=32, depth=2, num_heads=2), kwargs, IMAGENET_MEAN,
                        IMAGENET_STD)
 
 
-@register_model
+@register_model(options=VisionTransformer)
 def tiny_clip(**kwargs: Any) -> VisionTransformer:
     """Test variant with the CLIP image tower's structure (2 blocks, 32 wide, 64 px grid)."""
     return _create_vit(dict(_CLIP, img_size=64, embed_dim=32, depth=2, num_heads=2), kwargs, OPENAI_CLIP_MEAN,

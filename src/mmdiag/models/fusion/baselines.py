@@ -18,7 +18,8 @@ from torch import nn
 
 from mmdiag.data.schema import DatasetSpec, TabularModality
 from mmdiag.errors import ConfigError
-from mmdiag.models._factory import register_model
+from mmdiag.models._factory import register_multimodal
+from mmdiag.models.contract import MultimodalModel
 from mmdiag.models.fusion.encoders import build_encoder
 from mmdiag.models.layers.heads import TaskHeads
 from mmdiag.models.layers.presence import presence_mask
@@ -26,39 +27,50 @@ from mmdiag.models.layers.presence import presence_mask
 __all__ = ["Unimodal", "EarlyFusion", "LateFusion", "MiddleFusion"]
 
 
-class Unimodal(nn.Module):
-    """One modality's encoder and per-task heads (the unimodal baseline; with a record: the tabular MLP)."""
+_ENCODER_ARGS = """
+        backbone: image/volume encoder (``small_cnn``, a MONAI CNN, or a registered image model).
+        backbone_options: options of that encoder.
+        tabular_hidden: hidden widths of the record MLP; tabular_dropout: its dropout.
+        drop_rate: dropout before the heads."""
 
-    def __init__(self, spec: DatasetSpec, modality: str, backbone: str = "small_cnn", drop_rate: float = 0.0,
-                 **encoder_kwargs):
-        super().__init__()
+
+class Unimodal(MultimodalModel):
+    __doc__ = """One modality's encoder and per-task heads (the unimodal baseline; with a record: the tabular MLP).
+
+    Args:
+        modality: the modality read.""" + _ENCODER_ARGS
+
+    def __init__(self, spec: DatasetSpec, modality: str, backbone: str = "small_cnn",
+                 backbone_options: dict | None = None, tabular_hidden: tuple[int, ...] = (64, 64),
+                 tabular_dropout: float = 0.1, drop_rate: float = 0.0):
         if modality not in spec.modalities:
             raise ConfigError(f"model.options.modality={modality!r}; the dataset has {list(spec.modalities)}")
+        super().__init__(spec, [modality])
         self.modality = modality
-        self.encoder = build_encoder(spec.modalities[modality], backbone, **encoder_kwargs)
+        self.encoder = build_encoder(spec.modalities[modality], backbone, backbone_options, tabular_hidden,
+                                     tabular_dropout)
         self.num_features = self.encoder.num_features
         self.heads = TaskHeads(self.num_features, spec.tasks, drop_rate)
 
     def forward_features(self, inputs: dict[str, torch.Tensor], present=None) -> torch.Tensor:
         return self.encoder(inputs[self.modality])
 
-    def forward(self, inputs: dict[str, torch.Tensor], present=None) -> dict[str, torch.Tensor]:
-        return self.heads(self.forward_features(inputs, present))
 
-
-class EarlyFusion(nn.Module):
-    """Early fusion: every image (or every volume) modality stacked on the channel axis into one backbone.
+class EarlyFusion(MultimodalModel):
+    __doc__ = """Early fusion: every image (or every volume) modality stacked on the channel axis into one backbone.
 
     Each modality also contributes a constant presence channel, and a record is tiled as constant channels, so the
     single network sees everything at its input. Inputs are resized to the first modality's size.
-    """
 
-    def __init__(self, spec: DatasetSpec, backbone: str = "small_cnn", drop_rate: float = 0.0, **encoder_kwargs):
-        super().__init__()
+    Args:""" + _ENCODER_ARGS
+
+    def __init__(self, spec: DatasetSpec, backbone: str = "small_cnn", backbone_options: dict | None = None,
+                 tabular_hidden: tuple[int, ...] = (64, 64), tabular_dropout: float = 0.1, drop_rate: float = 0.0):
         kinds = {m.kind for m in spec.modalities.values() if m.kind != "tabular"}
         if len(kinds) != 1:
             raise ConfigError(f"early_fusion stacks modalities of one kind; dataset {spec.name!r} has {sorted(kinds)}"
                               " (use data.modalities to choose)")
+        super().__init__(spec, list(spec.modalities))
         self.spatial = [n for n, m in spec.modalities.items() if m.kind != "tabular"]
         self.tabular = spec.of_kind("tabular")
         first = spec.modalities[self.spatial[0]]
@@ -66,7 +78,7 @@ class EarlyFusion(nn.Module):
         chans = sum(spec.modalities[n].channels + 1 for n in self.spatial)
         chans += sum(spec.modalities[n].width + 1 for n in self.tabular)
         stacked = first.model_copy(update={"channels": chans})
-        self.encoder = build_encoder(stacked, backbone, **encoder_kwargs)
+        self.encoder = build_encoder(stacked, backbone, backbone_options)
         self.num_features = self.encoder.num_features
         self.heads = TaskHeads(self.num_features, spec.tasks, drop_rate)
 
@@ -88,24 +100,22 @@ class EarlyFusion(nn.Module):
             planes.append(v.view(*v.shape, *([1] * len(self.size))).expand(-1, -1, *self.size))
         return self.encoder(torch.cat(planes, 1))
 
-    def forward(self, inputs: dict[str, torch.Tensor], present=None) -> dict[str, torch.Tensor]:
-        return self.heads(self.forward_features(inputs, present))
 
-
-class LateFusion(nn.Module):
-    """Late fusion: an encoder per modality, then either averaged per-modality logits or concatenated features.
+class LateFusion(MultimodalModel):
+    __doc__ = """Late fusion: an encoder per modality, then either averaged per-modality logits or concatenated features.
 
     Args:
         mode: ``logits`` — each modality has its own heads and the logits are averaged over the *present*
             modalities; ``features`` — pooled features (zeroed where missing) and the presence flags are
-            concatenated into shared heads.
-    """
+            concatenated into shared heads.""" + _ENCODER_ARGS
 
     def __init__(self, spec: DatasetSpec, backbone: str = "small_cnn", mode: Literal["logits", "features"] = "logits",
-                 drop_rate: float = 0.0, **encoder_kwargs):
-        super().__init__()
+                 backbone_options: dict | None = None, tabular_hidden: tuple[int, ...] = (64, 64),
+                 tabular_dropout: float = 0.1, drop_rate: float = 0.0):
+        super().__init__(spec, list(spec.modalities))
         self.mode = mode
-        self.encoders = nn.ModuleDict({n: build_encoder(m, backbone, **encoder_kwargs)
+        self.encoders = nn.ModuleDict({n: build_encoder(m, backbone, backbone_options, tabular_hidden,
+                                                        tabular_dropout)
                                        for n, m in spec.modalities.items()})
         if mode == "logits":
             self.heads = nn.ModuleDict({n: TaskHeads(e.num_features, spec.tasks, drop_rate)
@@ -134,7 +144,7 @@ class LateFusion(nn.Module):
         return {t: v / weight.clamp_min(1.0) for t, v in total.items()}
 
 
-class MiddleFusion(nn.Module):
+class MiddleFusion(MultimodalModel):
     """Middle fusion: per-modality encoders give token sequences; each modality cross-attends to the others.
 
     Tokens are projected to ``dim`` and tagged with a learned modality embedding. For each modality, its tokens are
@@ -143,11 +153,13 @@ class MiddleFusion(nn.Module):
     """
 
     def __init__(self, spec: DatasetSpec, backbone: str = "small_cnn", dim: int = 128, num_heads: int = 4,
-                 drop_rate: float = 0.0, **encoder_kwargs):
-        super().__init__()
+                 backbone_options: dict | None = None, tabular_hidden: tuple[int, ...] = (64, 64),
+                 tabular_dropout: float = 0.1, drop_rate: float = 0.0):
         if len(spec.modalities) < 2:
             raise ConfigError("middle_fusion needs at least two modalities")
-        self.encoders = nn.ModuleDict({n: build_encoder(m, backbone, **encoder_kwargs)
+        super().__init__(spec, list(spec.modalities))
+        self.encoders = nn.ModuleDict({n: build_encoder(m, backbone, backbone_options, tabular_hidden,
+                                                        tabular_dropout)
                                        for n, m in spec.modalities.items()})
         self.proj = nn.ModuleDict({n: nn.Linear(e.num_features, dim) for n, e in self.encoders.items()})
         self.modality_embed = nn.ParameterDict({n: nn.Parameter(torch.zeros(1, 1, dim)) for n in self.encoders})
@@ -179,14 +191,14 @@ class MiddleFusion(nn.Module):
         return self.heads(pooled / weight.clamp_min(1.0))
 
 
-@register_model
+@register_multimodal(options=Unimodal)
 def unimodal(spec: DatasetSpec, modality: str, backbone: str = "small_cnn", **kwargs) -> Unimodal:
     """Unimodal baseline: one modality's encoder (small CNN, MONAI ResNet/DenseNet/EfficientNet, or a registered
     image model) with per-task heads."""
     return Unimodal(spec, modality, backbone, **kwargs)
 
 
-@register_model
+@register_multimodal(options=Unimodal)
 def tabular_mlp(spec: DatasetSpec, modality: str | None = None, **kwargs) -> Unimodal:
     """Tabular baseline: an MLP on the encoded record (the first tabular modality unless ``modality`` is given)."""
     tab = [n for n, m in spec.modalities.items() if isinstance(m, TabularModality)]
@@ -195,19 +207,19 @@ def tabular_mlp(spec: DatasetSpec, modality: str | None = None, **kwargs) -> Uni
     return Unimodal(spec, modality or tab[0], **kwargs)
 
 
-@register_model
+@register_multimodal(options=EarlyFusion)
 def early_fusion(spec: DatasetSpec, backbone: str = "small_cnn", **kwargs) -> EarlyFusion:
     """Early fusion baseline: modalities stacked on the channel axis into one backbone."""
     return EarlyFusion(spec, backbone, **kwargs)
 
 
-@register_model
+@register_multimodal(options=LateFusion)
 def late_fusion(spec: DatasetSpec, backbone: str = "small_cnn", mode: str = "logits", **kwargs) -> LateFusion:
     """Late fusion baseline: per-modality encoders, averaged logits (``mode=logits``) or concatenated features."""
     return LateFusion(spec, backbone, mode, **kwargs)
 
 
-@register_model
+@register_multimodal(options=MiddleFusion)
 def middle_fusion(spec: DatasetSpec, backbone: str = "small_cnn", **kwargs) -> MiddleFusion:
     """Middle fusion baseline: per-modality token encoders joined by cross-attention."""
     return MiddleFusion(spec, backbone, **kwargs)

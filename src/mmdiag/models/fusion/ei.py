@@ -43,7 +43,7 @@ from torch import nn
 from mmdiag.data.schema import DatasetSpec, ImageModality, VolumeModality
 from mmdiag.errors import ConfigError
 from mmdiag.io.checkpoint import load_checkpoint
-from mmdiag.models._factory import create_model, register_model
+from mmdiag.models._factory import create_model, register_multimodal
 from mmdiag.models.backbones.vit import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, VisionTransformer
 from mmdiag.models.layers.heads import TaskHeads
 from mmdiag.models.peft import apply_peft
@@ -444,13 +444,13 @@ class EI(nn.Module):
         return nll.sum() / rows.sum().clamp_min(1)
 
 
-@register_model
+@register_multimodal(options=(EI, UnimodalVFM))
 def ei(spec: DatasetSpec, **kwargs: Any) -> EI:
     """EI (paper 003): [INT] tokens from auxiliary VFMs steer each primary VFM; gated late fusion; MoR adapters."""
     return EI(spec, **kwargs)
 
 
-@register_model
+@register_multimodal(options=UnimodalVFM)
 def ei_unimodal(spec: DatasetSpec, modality: str, **kwargs: Any) -> UnimodalVFM:
     """EI stage 1: one modality's VFM with PEFT (MoR) and task heads, slices max-pooled (unimodal pre-adaptation)."""
     _warn_random_base(kwargs, [modality])

@@ -39,8 +39,8 @@ class ModalityEncoder(nn.Module):
         return self.forward(x).unsqueeze(1)
 
 
-def build_encoder(modality: Modality, backbone: str = "small_cnn", tabular_hidden: tuple[int, ...] = (64, 64),
-                  tabular_dropout: float = 0.1, **backbone_kwargs: Any) -> ModalityEncoder:
+def build_encoder(modality: Modality, backbone: str = "small_cnn", backbone_options: dict[str, Any] | None = None,
+                  tabular_hidden: tuple[int, ...] = (64, 64), tabular_dropout: float = 0.1) -> ModalityEncoder:
     """An encoder for one modality.
 
     Args:
@@ -49,8 +49,9 @@ def build_encoder(modality: Modality, backbone: str = "small_cnn", tabular_hidde
             or, for 2D images, any registered model name (built with ``num_classes=0``).
         tabular_hidden: hidden widths of the tabular MLP.
         tabular_dropout: dropout inside the tabular MLP.
-        **backbone_kwargs: extra options of the backbone.
+        backbone_options: options of the backbone (checked: an unknown one is a named error).
     """
+    backbone_kwargs = dict(backbone_options or {})
     if isinstance(modality, TabularModality):
         mlp = TabularMLP(modality.width, hidden=tuple(tabular_hidden), drop_rate=tabular_dropout)
         return ModalityEncoder(mlp, mlp.num_features, "tabular")

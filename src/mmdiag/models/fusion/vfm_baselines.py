@@ -37,7 +37,7 @@ from torch import nn
 
 from mmdiag.data.schema import DatasetSpec, ImageModality
 from mmdiag.errors import ConfigError
-from mmdiag.models._factory import register_model
+from mmdiag.models._factory import register_multimodal
 from mmdiag.models.outputs import AUX_LOSS_KEY
 from mmdiag.models.fusion.vfm_encoder import DEFAULT_VFM, InputNorm, VFMEncoder
 from mmdiag.models.layers.heads import TaskHeads
@@ -586,55 +586,55 @@ class UniModel(nn.Module):
         return self.heads(pooled)
 
 
-@register_model
+@register_multimodal(options=CosCat)
 def coscat(spec: DatasetSpec, vfm: str = DEFAULT_VFM, **kwargs: Any) -> CosCat:
     """CosCat baseline (EI Table 3): concatenated per-modality VFM [CLS] features, fully fine-tuned VFMs."""
     return CosCat(spec, vfm=vfm, **kwargs)
 
 
-@register_model
+@register_multimodal(options=MMMIL)
 def mm_mil(spec: DatasetSpec, vfm: str = DEFAULT_VFM, **kwargs: Any) -> MMMIL:
     """MM-MIL baseline (EI Table 3): gated MIL attention over every image's VFM [CLS] feature, fine-tuned VFMs."""
     return MMMIL(spec, vfm=vfm, **kwargs)
 
 
-@register_model
+@register_multimodal(options=SFusion)
 def sfusion(spec: DatasetSpec, vfm: str = DEFAULT_VFM, **kwargs: Any) -> SFusion:
     """SFusion baseline (EI Table 3): self-attention over all VFM tokens, softmax weights across modalities."""
     return SFusion(spec, vfm=vfm, **kwargs)
 
 
-@register_model
+@register_multimodal(options=RadDiag)
 def raddiag(spec: DatasetSpec, vfm: str = DEFAULT_VFM, **kwargs: Any) -> RadDiag:
     """RadDiag baseline (EI Table 3): transformer fusion of one VFM token per modality and a fusion token."""
     return RadDiag(spec, vfm=vfm, **kwargs)
 
 
-@register_model
+@register_multimodal(options=DynMM)
 def dynmm(spec: DatasetSpec, vfm: str = DEFAULT_VFM, **kwargs: Any) -> DynMM:
     """DynMM baseline (EI Table 3): a gate picks a unimodal or the concatenation expert per case."""
     return DynMM(spec, vfm=vfm, **kwargs)
 
 
-@register_model
+@register_multimodal(options=MMRAD)
 def mmrad(spec: DatasetSpec, vfm: str = DEFAULT_VFM, **kwargs: Any) -> MMRAD:
     """MMRAD baseline (EI Table 3): frozen VFMs, input-conditioned prompts, cross-attention decoder."""
     return MMRAD(spec, vfm=vfm, **kwargs)
 
 
-@register_model
+@register_multimodal(options=UniModel)
 def unimodel(spec: DatasetSpec, vfm: str = DEFAULT_VFM, **kwargs: Any) -> UniModel:
     """UniModel baseline (EI Table 3): one MoR-adapted VFM over the merged patch tokens of all modalities."""
     return UniModel(spec, vfm=vfm, **kwargs)
 
 
-@register_model
+@register_multimodal(options=MMMIL)
 def mm_mil_mor(spec: DatasetSpec, vfm: str = DEFAULT_VFM, vfm_peft: str | None = "mor", **kwargs: Any) -> MMMIL:
     """MM-MIL-MoR (EI Table 3): MM-MIL with MoR-adapted VFMs."""
     return MMMIL(spec, vfm=vfm, vfm_peft=vfm_peft, **kwargs)
 
 
-@register_model
+@register_multimodal(options=MMRAD)
 def mmrad_mor(spec: DatasetSpec, vfm: str = DEFAULT_VFM, vfm_peft: str | None = "mor", **kwargs: Any) -> MMRAD:
     """MMRAD-MoR (EI Table 3): MMRAD with MoR adapters in its prompted VFMs."""
     return MMRAD(spec, vfm=vfm, vfm_peft=vfm_peft, **kwargs)
