@@ -44,7 +44,7 @@ def _gradcam(args: argparse.Namespace) -> int:
 
     from mmdiag.errors import ConfigError
     from mmdiag.explain.gradcam import GradCAM, save_overlay
-    from mmdiag.training.system import probabilities
+    from mmdiag.evaluation.scores import probabilities
 
     predictor, loader, device = _load(args)
     spec, model = predictor.spec, predictor.model.eval().to(device)

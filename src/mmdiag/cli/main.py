@@ -47,7 +47,7 @@ def _predict(args: argparse.Namespace) -> int:
 
 def _cv(args: argparse.Namespace) -> int:
     from mmdiag.config import load_config
-    from mmdiag.evaluation.cv import compare_cv, run_cv
+    from mmdiag.training.cv import compare_cv, run_cv
     from mmdiag.training.run import run_dir_for
 
     cfg = load_config(args.config, args.overrides)
@@ -64,7 +64,7 @@ def _cv(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from mmdiag.evaluation.demo import run_demo
+    from mmdiag.training.demo import run_demo
 
     run_demo(args.output, epochs=args.epochs, n_cases=args.n_cases)
     return 0

@@ -2,23 +2,26 @@
 
 from __future__ import annotations
 
+import json
 import logging
+from pathlib import Path
 from typing import Any
 
 import lightning as L
 import numpy as np
 from torch.utils.data import DataLoader
 
-from mmdiag.config.schema import DataConfig
+from mmdiag.config.schema import DataConfig, ExperimentConfig
 from mmdiag.data.dataset import CaseDataset, EpochSampler, collate_cases
 from mmdiag.data.readers import DecodeCache
+from mmdiag.data.sources import load_table
 from mmdiag.data.splits import Split, make_split, stratify_labels
 from mmdiag.data.table import CaseTable
 from mmdiag.data.tabular import TabularEncoder
 from mmdiag.data.transforms import build_volume_transform
 from mmdiag.errors import ConfigError
 
-__all__ = ["MultimodalDataModule"]
+__all__ = ["MultimodalDataModule", "datamodule_for"]
 
 _log = logging.getLogger(__name__)
 
@@ -111,3 +114,15 @@ class MultimodalDataModule(L.LightningDataModule):
     def state(self) -> dict[str, Any]:
         """What a run folder keeps to rebuild this data module exactly: the split and the encoders' statistics."""
         return {"split": self.split, "encoders": {m: e.state() for m, e in self.encoders.items()}}
+
+
+def datamodule_for(cfg: ExperimentConfig, run_dir: Path | None = None) -> MultimodalDataModule:
+    """The data module of ``cfg``; with the folder of an existing run, its saved split and tabular statistics."""
+    table = load_table(cfg.data.dataset, cfg.data.root, cfg.data.options)
+    split = encoders = None
+    if run_dir is not None and (run_dir / "splits.json").is_file():
+        saved = json.loads((run_dir / "splits.json").read_text())
+        pos = {c.case_id: i for i, c in enumerate(table.cases)}
+        split = {k: [pos[c] for c in ids if c in pos] for k, ids in saved["split"].items()}
+        encoders = saved["encoders"]
+    return MultimodalDataModule(table, cfg.data, seed=cfg.seed, split=split, encoder_state=encoders)

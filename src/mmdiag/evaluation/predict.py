@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader
 
 from mmdiag.data.schema import DatasetSpec
 from mmdiag.data.transforms import BatchTransform
+from mmdiag.evaluation.scores import probabilities
 
 __all__ = ["Predictions", "predict_loader"]
 
@@ -28,8 +29,6 @@ class Predictions:
 def predict_loader(model: nn.Module, spec: DatasetSpec, loader: DataLoader, transform: BatchTransform,
                    device: torch.device | str = "cpu") -> Predictions:
     """Probabilities for every case of ``loader`` (softmax per single-label task, sigmoid for multi-label)."""
-    from mmdiag.training.system import probabilities
-
     model.eval().to(device)
     transform.to(device)
     ids, truth, probs = [], {t: [] for t in spec.tasks}, {t: [] for t in spec.tasks}

@@ -47,13 +47,14 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from mmdiag.data.datamodule import MultimodalDataModule
+from mmdiag.data.datamodule import MultimodalDataModule, datamodule_for
 from mmdiag.data.schema import DatasetSpec, ImageModality
 from mmdiag.data.sources import load_table
 from mmdiag.data.transforms import BatchTransform
 from mmdiag.errors import ConfigError, UnknownNameError
 from mmdiag.evaluation.metrics import evaluate_tasks
 from mmdiag.evaluation.report import fmt
+from mmdiag.evaluation.scores import probabilities
 from mmdiag.io.atomic import atomic_write_bytes, atomic_write_text
 
 __all__ = [
@@ -217,8 +218,6 @@ def evaluate_robustness(model: nn.Module, spec: DatasetSpec, loader: DataLoader,
         UnknownNameError: an unknown corruption.
         ConfigError: a modality that is not an image modality of ``spec``.
     """
-    from mmdiag.training.system import probabilities
-
     names = list(corruptions or CORRUPTIONS)
     for n in names:
         _lookup(n)
@@ -322,8 +321,6 @@ def load_run_data(predictor: Any, run_dir: str | Path, split: str = "test", data
     if batch_size is not None:
         cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"eval_batch_size": batch_size})})
     if data is None:
-        from mmdiag.training.run import datamodule_for
-
         dm = datamodule_for(cfg, Path(run_dir))
         dm.setup("test")
         if split not in dm.datasets:

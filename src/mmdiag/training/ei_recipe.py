@@ -30,7 +30,7 @@ from mmdiag.data.sources import load_table
 from mmdiag.errors import ConfigError
 from mmdiag.io.atomic import atomic_write_text
 from mmdiag.models.fusion.ei import VFM_OPTIONS
-from mmdiag.training.recipes import register_recipe
+from mmdiag.registry import RECIPES
 from mmdiag.training.run import RunResult, train
 
 __all__ = ["ei_two_stage", "stage_configs"]
@@ -109,7 +109,7 @@ def _prior(scores: dict[str, float], mode: str, monitor: str) -> str:
     return max(reversed(list(valid)), key=lambda m: sign * valid[m])
 
 
-@register_recipe
+@RECIPES.register
 def ei_two_stage(cfg: ExperimentConfig, run_dir: Path, resume: bool = False) -> RunResult:
     """EI (paper 003): unimodal MoR pre-adaptation per modality, then EI initialised from those runs."""
     run_dir = Path(run_dir)

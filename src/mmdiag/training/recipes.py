@@ -1,7 +1,9 @@
 """Multi-stage recipes: a config with ``recipe: NAME`` runs the registered function instead of one training run.
 
 A recipe is ``fn(cfg: ExperimentConfig, run_dir: Path, resume: bool) -> RunResult`` and registers with
-``@RECIPES.register``; it composes :func:`mmdiag.training.run.train` calls (each stage in a sub-folder).
+``@RECIPES.register`` (:data:`mmdiag.registry.RECIPES`, never through this module, which imports the recipes: the
+registry is the only thing both sides share); it composes :func:`mmdiag.training.run.train` calls (each stage in a
+sub-folder).
 """
 
 from __future__ import annotations

@@ -30,8 +30,7 @@ from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, Mode
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from mmdiag.config.schema import ExperimentConfig
-from mmdiag.data.datamodule import MultimodalDataModule
-from mmdiag.data.sources import load_table
+from mmdiag.data.datamodule import MultimodalDataModule, datamodule_for
 from mmdiag.data.transforms import BatchTransform, build_image_augment
 from mmdiag.errors import ConfigError
 from mmdiag.evaluation.predict import predict_loader
@@ -43,7 +42,7 @@ from mmdiag.training.checkpoint_io import SafetensorsCheckpointIO, read_checkpoi
 from mmdiag.training.losses import MultiTaskLoss, balanced_class_weights
 from mmdiag.training.system import MultimodalSystem
 
-__all__ = ["RunResult", "train", "evaluate_run", "run_dir_for", "datamodule_for"]
+__all__ = ["RunResult", "train", "evaluate_run", "run_dir_for"]
 
 _log = logging.getLogger(__name__)
 # Lightning's notices that do not apply here: the batch transform lives in the system by design, tips, deprecations.
@@ -67,18 +66,6 @@ def run_dir_for(cfg: ExperimentConfig) -> Path:
 
 def _write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, default=str))
-
-
-def datamodule_for(cfg: ExperimentConfig, run_dir: Path | None = None) -> MultimodalDataModule:
-    """The data module of ``cfg``; with the folder of an existing run, its saved split and tabular statistics."""
-    table = load_table(cfg.data.dataset, cfg.data.root, cfg.data.options)
-    split = encoders = None
-    if run_dir is not None and (run_dir / "splits.json").is_file():
-        saved = json.loads((run_dir / "splits.json").read_text())
-        pos = {c.case_id: i for i, c in enumerate(table.cases)}
-        split = {k: [pos[c] for c in ids if c in pos] for k, ids in saved["split"].items()}
-        encoders = saved["encoders"]
-    return MultimodalDataModule(table, cfg.data, seed=cfg.seed, split=split, encoder_state=encoders)
 
 
 def _loss(cfg: ExperimentConfig, dm: MultimodalDataModule) -> MultiTaskLoss:

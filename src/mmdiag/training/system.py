@@ -20,20 +20,15 @@ from mmdiag.data.schema import DatasetSpec
 from mmdiag.data.transforms import BatchTransform
 from mmdiag.errors import NonFiniteLossError
 from mmdiag.evaluation.metrics import evaluate_tasks
+from mmdiag.evaluation.scores import probabilities
 from mmdiag.models.outputs import AUX_KEY, AUX_LOSS_KEY
 from mmdiag.training.losses import MultiTaskLoss
 from mmdiag.training.optim import build_optimizer, build_scheduler
 
-__all__ = ["MultimodalSystem", "probabilities"]
+__all__ = ["MultimodalSystem"]
 
 
 _LOGGED = ("acc", "balanced_acc", "auc", "f1", "map", "s2", "sensitivity", "specificity")
-
-
-def probabilities(spec: DatasetSpec, logits: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Softmax for single-label tasks, sigmoid for multi-label ones."""
-    return {t: (z.float().sigmoid() if spec.tasks[t].type == "multilabel" else z.float().softmax(-1))
-            for t, z in logits.items() if t in spec.tasks}
 
 
 class MultimodalSystem(L.LightningModule):

@@ -16,6 +16,7 @@ from mmdiag.config import load_config
 from mmdiag.data.synthetic import CEILINGS
 from mmdiag.evaluation.report import fmt
 from mmdiag.io.atomic import atomic_write_text
+from mmdiag.training.run import train
 
 __all__ = ["DEMO_MODELS", "run_demo"]
 
@@ -40,8 +41,6 @@ def run_demo(output: str | Path = "runs/demo", epochs: int = 10, n_cases: int = 
                                  f"trainer.max_epochs={epochs}", "trainer.enable_progress_bar=false",
                                  "trainer.early_stopping=null", "optim.lr=3e-3", "data.batch_size=32",
                                  f"data.options.n_cases={n_cases}", *extra])
-        from mmdiag.training.run import train
-
         run_dir = output / slug
         if (run_dir / "checkpoints").exists():
             import shutil

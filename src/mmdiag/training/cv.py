@@ -10,6 +10,7 @@ from mmdiag.config.schema import ExperimentConfig
 from mmdiag.evaluation.report import fmt
 from mmdiag.evaluation.stats import fold_summary, paired_ttest
 from mmdiag.io.atomic import atomic_write_text
+from mmdiag.training.run import train
 
 __all__ = ["run_cv", "compare_cv"]
 
@@ -19,8 +20,6 @@ _KEYS = ("mean/acc", "mean/balanced_acc", "mean/auc", "mean/f1", "mean/map", "me
 def run_cv(cfg: ExperimentConfig, out_dir: str | Path, folds: int | None = None) -> dict[str, Any]:
     """Train fold ``k`` of ``folds`` into ``out_dir/fold{k}`` for every k; write ``cv_metrics.json`` and
     ``cv_report.md`` with mean ± std over folds (test split of each fold)."""
-    from mmdiag.training.run import train
-
     out_dir = Path(out_dir)
     k = folds or cfg.data.split.folds
     per_fold = []
