@@ -40,7 +40,7 @@ def _same(a, b):
 def test_robustness_severity_zero_reproduces_the_run_metrics(run, capsys):
     out, _ = run
     capsys.readouterr()
-    assert cli.main(["robustness", "--checkpoint", str(out), "--corruptions", "rotation"]) == 0
+    assert cli.main(["robustness", "--run", str(out), "--corruptions", "rotation"]) == 0
     printed = capsys.readouterr().out
     assert "rotation" in printed and "report:" in printed
     report = json.loads((out / "robustness" / "robustness.json").read_text())
@@ -55,20 +55,25 @@ def test_robustness_severity_zero_reproduces_the_run_metrics(run, capsys):
     assert {"robustness.json", "robustness.md", *(f"robustness_{m}.png" for m in PAPER_METRICS)} == files
 
 
-def test_robustness_on_another_dataset_from_the_weights_file(run, tmp_path, capsys):
+def test_robustness_on_another_dataset_from_a_weights_file(run, tmp_path, capsys):
     out, data = run
-    assert cli.main(["robustness", "--checkpoint", str(out / "model.safetensors"), "--data", str(data),
+    weights = tmp_path / "copy.safetensors"
+    shutil.copy(out / "model.safetensors", weights)
+    assert cli.main(["robustness", "--run", str(out), "--weights", str(weights), "--data", str(data),
                      "--output", str(tmp_path / "rb"), "--corruptions", "contrast", "--batch-size", "24"]) == 0
     report = json.loads((tmp_path / "rb" / "robustness.json").read_text())
     assert report["clean"]["tasks"]["diagnosis"]["n"] == 24 and "all 24 cases" in report["data"]
+    assert report["weights"] == str(weights)
     other = tmp_path / "small"
     shutil.copytree(data.parent, other)
     desc = yaml.safe_load((other / "dataset.yaml").read_text())
     desc["modalities"]["photo"]["size"] = [16, 16]
     (other / "dataset.yaml").write_text(yaml.safe_dump(desc))
     capsys.readouterr()
-    assert cli.main(["robustness", "--checkpoint", str(out), "--data", str(other / "dataset.yaml")]) == 2
+    assert cli.main(["robustness", "--run", str(out), "--data", str(other / "dataset.yaml")]) == 2
     assert "modality 'photo': shape (3, 16, 16) != the run's (3, 32, 32)" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # the old flag is gone: every verb that reads a run takes --run
+        cli.main(["robustness", "--checkpoint", str(out)])
 
 
 def test_explain_gradcam_tsne_and_layers(run, capsys):

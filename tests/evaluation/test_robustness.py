@@ -163,13 +163,17 @@ def test_report_files(setup, tmp_path):
 
 
 def test_resolve_run(tmp_path):
-    with pytest.raises(ConfigError, match="does not exist"):
+    with pytest.raises(ConfigError, match=r"--run '.*nope' is not a folder"):
         resolve_run(tmp_path / "nope")
     with pytest.raises(ConfigError, match="not a run folder"):
         resolve_run(tmp_path)
     (tmp_path / "config.yaml").write_text("{}")
     (tmp_path / "model.safetensors").write_bytes(b"")
     (tmp_path / "other.safetensors").write_bytes(b"")
+    with pytest.raises(ConfigError, match=r"--run '.*model.safetensors' is not a folder"):
+        resolve_run(tmp_path / "model.safetensors")  # --run names the folder; a file goes to --weights
     assert resolve_run(tmp_path) == (tmp_path, None)
-    assert resolve_run(tmp_path / "model.safetensors") == (tmp_path, None)
-    assert resolve_run(tmp_path / "other.safetensors") == (tmp_path, tmp_path / "other.safetensors")
+    assert resolve_run(tmp_path, tmp_path / "model.safetensors") == (tmp_path, None)
+    assert resolve_run(tmp_path, tmp_path / "other.safetensors") == (tmp_path, tmp_path / "other.safetensors")
+    with pytest.raises(ConfigError, match=r"--weights '.*absent.safetensors' does not exist"):
+        resolve_run(tmp_path, tmp_path / "absent.safetensors")

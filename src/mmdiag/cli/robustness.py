@@ -25,7 +25,7 @@ def _robustness(args: argparse.Namespace) -> int:
     from mmdiag.evaluation.report import fmt
     from mmdiag.evaluation.robustness import run_robustness
 
-    result = run_robustness(args.checkpoint, data=args.data, root=args.root, options=_options(args.option),
+    result = run_robustness(args.run, weights=args.weights, data=args.data, root=args.root, options=_options(args.option),
                             split=args.split, output=args.output, corruptions=args.corruptions,
                             modalities=args.modalities, seed=args.seed, batch_size=args.batch_size)
     print(f"data: {result['data']}")
@@ -44,7 +44,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Corrupt the image modalities of the test split (rotation, translation, colour temperature, "
                     "Gaussian noise and blur, brightness, contrast; severities 1-5, see "
                     "mmdiag.evaluation.robustness) and report OA, AUC, precision, sensitivity, specificity and F1.")
-    p.add_argument("--checkpoint", required=True, help="run folder, or a weights file inside it")
+    p.add_argument("--run", required=True, metavar="RUN", help="folder of a finished run")
+    p.add_argument("--weights", metavar="FILE", help="a weights file (.safetensors) to evaluate instead of "
+                                                     "RUN/model.safetensors")
     p.add_argument("--data", help="evaluate on this dataset instead of the run's split: a registered name or a "
                                   "dataset.yaml with the run's modalities and tasks (all its cases are used)")
     p.add_argument("--root", help="folder of the --data dataset (registered datasets)")

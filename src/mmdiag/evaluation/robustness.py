@@ -257,19 +257,26 @@ def evaluate_robustness(model: nn.Module, spec: DatasetSpec, loader: DataLoader,
     return {"clean": clean, "results": results}
 
 
-def resolve_run(checkpoint: str | Path) -> tuple[Path, Path | None]:
-    """A run folder, or a weights file inside one: ``(run folder, weights file or None for its model.safetensors)``.
+def resolve_run(run: str | Path, weights: str | Path | None = None) -> tuple[Path, Path | None]:
+    """Check a run folder and an optional weights file to evaluate instead of its ``model.safetensors``.
+
+    Returns:
+        ``(run folder, weights file or None for the run's own model.safetensors)``.
 
     Raises:
-        ConfigError: the path does not exist or is not inside a run folder.
+        ConfigError: the run folder does not exist or holds no ``config.yaml``; the weights file does not exist.
     """
-    path = Path(checkpoint)
-    if not path.exists():
-        raise ConfigError(f"--checkpoint {str(path)!r} does not exist; give a run folder or its model.safetensors")
-    run_dir = path if path.is_dir() else path.parent
+    run_dir = Path(run)
+    if not run_dir.is_dir():
+        raise ConfigError(f"--run {str(run_dir)!r} is not a folder; give the folder of a finished run")
     if not (run_dir / "config.yaml").is_file():
-        raise ConfigError(f"--checkpoint {str(path)!r} is not a run folder (no config.yaml in {str(run_dir)!r})")
-    return run_dir, (path if path.is_file() and path.name != "model.safetensors" else None)
+        raise ConfigError(f"--run {str(run_dir)!r} is not a run folder (no config.yaml in it)")
+    if weights is None:
+        return run_dir, None
+    path = Path(weights)
+    if not path.is_file():
+        raise ConfigError(f"--weights {str(path)!r} does not exist; give a weights file (.safetensors)")
+    return run_dir, (None if path.resolve() == (run_dir / "model.safetensors").resolve() else path)
 
 
 def _signature(m: Any) -> dict[str, Any]:
@@ -400,14 +407,17 @@ def write_robustness(result: dict[str, Any], spec: DatasetSpec, out_dir: str | P
     return paths
 
 
-def run_robustness(checkpoint: str | Path, data: str | None = None, root: str | None = None,
+def run_robustness(run: str | Path, data: str | None = None, root: str | None = None,
                    options: Mapping[str, Any] | None = None, split: str = "test", output: str | Path | None = None,
                    corruptions: Sequence[str] | None = None, modalities: Sequence[str] | None = None,
-                   seed: int = 0, batch_size: int | None = None) -> dict[str, Any]:
+                   seed: int = 0, batch_size: int | None = None, weights: str | Path | None = None) -> dict[str, Any]:
     """Evaluate a finished run under every corruption and write the report (``mmdiag robustness``).
 
+    The model is rebuilt from the run folder alone (:class:`~mmdiag.evaluation.infer.Predictor`) and read through
+    the model contract only: ``model(inputs, present)`` gives logits per task.
+
     Args:
-        checkpoint: The run folder, or a weights file inside it (default weights: ``model.safetensors``).
+        run: The run folder.
         data: Evaluate on another dataset (registered name or ``dataset.yaml``) instead of the run's split.
         root: That dataset's folder; options: its adapter options.
         split: The run's split to evaluate (without ``data``).
@@ -416,18 +426,19 @@ def run_robustness(checkpoint: str | Path, data: str | None = None, root: str | 
         modalities: Image modalities to corrupt (default: all of the run's).
         seed: Noise seed.
         batch_size: Evaluation batch size (default: the run's).
+        weights: A weights file to evaluate instead of the run's ``model.safetensors`` (another checkpoint).
 
     Returns:
         The result written to ``robustness.json`` (plus ``"files"``: the written paths).
 
     Raises:
-        ConfigError: not a run folder, unknown split or incompatible dataset.
+        ConfigError: not a run folder, a missing weights file, unknown split or incompatible dataset.
         UnknownNameError: an unknown corruption.
     """
     from mmdiag.evaluation.infer import Predictor
     from mmdiag.io.checkpoint import load_checkpoint
 
-    run_dir, weights = resolve_run(checkpoint)
+    run_dir, weights = resolve_run(run, weights)
     predictor = Predictor(run_dir)
     if weights is not None:
         load_checkpoint(predictor.model, weights)
