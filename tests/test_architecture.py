@@ -127,3 +127,12 @@ def test_no_hard_torchvision_or_timm_import():
         names = {a.name.split(".")[0] for n in top if isinstance(n, ast.Import) for a in n.names}
         names |= {n.module.split(".")[0] for n in top if isinstance(n, ast.ImportFrom) and n.module}
         assert not names & {"torchvision", "timm"}, f
+
+
+def test_explainers_read_the_model_contract_not_model_classes():
+    """Grad-CAM, t-SNE and robustness know no model or block class: layouts come from ``output_fmt``, layers from
+    ``explain_layers``, features from ``forward_features``."""
+    for rel in ("explain/gradcam.py", "explain/tsne.py", "evaluation/robustness.py"):
+        used = {n.module for n in ast.walk(ast.parse((SRC / rel).read_text()))
+                if isinstance(n, ast.ImportFrom) and n.module and n.module.startswith("mmdiag.models")}
+        assert used <= {"mmdiag.models.contract", "mmdiag.models.outputs"}, (rel, used)

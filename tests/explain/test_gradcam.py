@@ -13,6 +13,8 @@ from mmdiag.data.synthetic import synthetic
 from mmdiag.errors import ConfigError, UnknownNameError
 from mmdiag.explain.gradcam import GradCAM, infer_layout, overlay_heatmap, save_overlay, spatial_layers
 from mmdiag.models._builder import build_for_dataset
+from mmdiag.models.contract import MultimodalModel
+from mmdiag.models.layers.heads import TaskHeads
 
 SPEC = synthetic(n_cases=20).spec
 
@@ -135,7 +137,7 @@ def test_medmamba_channels_last_stage_matches_autograd_through_forward_features(
     c = logits.argmax(1)
     g = torch.autograd.grad(logits.gather(1, c[:, None]).sum(), a)[0]
     expected = torch.relu((g.mean((2, 3))[:, :, None, None] * a).sum(1)).detach()
-    result = GradCAM(net)(x)  # default layer: the last spatial map
+    result = GradCAM(net, "layers.3")(x)  # the last stage: its output_fmt says channels-last
     assert result.layer == "layers.3" and result.layout == "channels_last"
     torch.testing.assert_close(result.raw, expected, rtol=1e-4, atol=1e-6)
     assert result.maps.shape == (2, 64, 64)
@@ -145,7 +147,7 @@ def test_medmamba_in_a_single_image_classifier_by_short_name():
     torch.manual_seed(0)
     model = build_for_dataset(SPEC, "tiny_medmamba", {"modality": "clinical"}).eval()
     inputs = {"clinical": torch.rand(1, 3, 64, 64)}
-    result = GradCAM(model, "layers.1.blocks.0", method="gradcampp")(inputs)
+    result = GradCAM(model, "layers.1.blocks.0", modality="clinical", method="gradcampp")(inputs)
     assert result.layer == "net.layers.1.blocks.0" and result.raw.shape == (1, 8, 8)
     assert torch.isfinite(result.maps).all()
 
@@ -155,7 +157,7 @@ def test_volumes_get_a_3d_map_and_the_overlay_shows_the_middle_slice():
     spec = synthetic(n_cases=20, with_volume=True, volume_size=(8, 16, 16)).spec
     model = create_model("unimodal", spec=spec, modality="ct").eval()
     ct = torch.rand(2, 1, 8, 16, 16)
-    result = GradCAM(model, method="gradcampp")({"ct": ct})
+    result = GradCAM(model, "encoder.body.body", method="gradcampp")({"ct": ct})
     assert result.layer == "encoder.body.body" and result.maps.shape == (2, 8, 16, 16)
     assert result.raw.shape == (2, 1, 2, 2)  # small_cnn: strides 1, 2, 2, 2
     picture = overlay_heatmap(ct[0], result.maps[0], min_side=0)
@@ -211,3 +213,92 @@ def test_overlay_is_the_blend_with_jet_and_written_atomically(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["case.png"]
     with pytest.raises(ValueError, match="differ in size"):
         overlay_heatmap(image, cam[:4])
+
+
+class _NoFmt(nn.Module):
+    """A channels-last block that does not declare its layout: conv, then (B, H, W, C)."""
+
+    def __init__(self, cin: int, cout: int):
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, 3, padding=1)
+
+    def forward(self, x):
+        return self.conv(x).permute(0, 2, 3, 1)
+
+
+class _TwoImages(MultimodalModel):
+    """Two image encoders (``a`` channels-last, ``b`` channels-first) → mean-pooled, concatenated → heads; it names its
+    Grad-CAM layers and the layout of ``a``'s, whose shape (B, 8, 8, 8) fits both layouts."""
+
+    def __init__(self, spec, declare_fmt: bool = True):
+        super().__init__(spec, ["clinical", "dermoscopy"])
+        torch.manual_seed(0)
+        self.enc_a = nn.Sequential(nn.Conv2d(3, 8, 3, stride=4, padding=1), _NoFmt(8, 8))
+        self.enc_b = nn.Sequential(nn.Conv2d(3, 6, 3, stride=2, padding=1), nn.ReLU())
+        self.num_features = 14
+        self.heads = TaskHeads(14, spec.tasks)
+        self.explain_layers = {"clinical": "enc_a.1", "dermoscopy": "enc_b.0"}
+        if declare_fmt:
+            self.output_fmts = {"clinical": "NHWC"}
+
+    def forward_features(self, inputs, present=None):
+        return torch.cat([self.enc_a(inputs["clinical"]).mean((1, 2)), self.enc_b(inputs["dermoscopy"]).mean((2, 3))], 1)
+
+
+def _two_image_batch():
+    return {"clinical": torch.rand(2, 3, 32, 32), "dermoscopy": torch.rand(2, 3, 16, 16), "record": torch.randn(2, 9)}
+
+
+def test_default_layer_and_its_layout_come_from_the_model_contract():
+    model = _TwoImages(SPEC).eval()
+    inputs = _two_image_batch()
+    result = GradCAM(model, modality="clinical")(inputs)
+    assert result.layer == "enc_a.1" and result.layout == "channels_last"  # from output_fmts: the shape is ambiguous
+    # the channels-first view of the same activation, by hand
+    a = model.enc_a(inputs["clinical"]).permute(0, 3, 1, 2).detach().requires_grad_(True)
+    logits = model.heads(torch.cat([a.mean((2, 3)), model.enc_b(inputs["dermoscopy"]).mean((2, 3))], 1))["diagnosis"]
+    c = logits.argmax(1)
+    g = torch.autograd.grad(logits.gather(1, c[:, None]).sum(), a)[0]
+    torch.testing.assert_close(result.raw, torch.relu((g.mean((2, 3))[:, :, None, None] * a).sum(1)).detach())
+    other = GradCAM(model, modality="dermoscopy")(inputs)
+    assert other.layer == "enc_b.0" and other.layout == "channels_first" and other.raw.shape == (2, 8, 8)
+
+
+def test_without_a_named_layer_or_layout_gradcam_asks_instead_of_guessing():
+    inputs = _two_image_batch()
+    undeclared = _TwoImages(SPEC, declare_fmt=False).eval()  # same layer, no output_fmts: the shape decides nothing
+    with pytest.raises(ConfigError, match=r"'enc_a.1' \(_NoFmt\).*could be channels-first or channels-last"):
+        GradCAM(undeclared, modality="clinical")(inputs)
+    undeclared.explain_layers = {"dermoscopy": "enc_b.0"}
+    with pytest.raises(ConfigError, match=r"names no layer to explain for modality 'clinical'.*\['dermoscopy'\].*"
+                                          r"pass layer="):
+        GradCAM(undeclared, modality="clinical")(inputs)
+    net = create_model("tiny_medmamba", num_classes=2).eval()
+    with pytest.raises(ConfigError, match=r"MedMamba takes one tensor and names no layer.*pass layer="):
+        GradCAM(net)(torch.rand(1, 3, 64, 64))
+
+
+def test_default_modality_is_the_only_image_the_model_reads():
+    model = _TwoImages(SPEC).eval()
+    model.modalities = ("dermoscopy", "record")
+    assert GradCAM(model).resolve_modality(_two_image_batch()) == "dermoscopy"
+
+
+def test_channels_last_blocks_declare_output_fmt():
+    from mmdiag.models.backbones.medmamba import MedMambaStage, SSConvSSM
+    from mmdiag.models.layers.patch_embed import PatchMerging
+    from mmdiag.models.layers.ss2d import SS2D
+    from mmdiag.models.layers.vss import VSSBlock
+
+    net = create_model("tiny_medmamba", num_classes=2).eval()
+    shape, size = (1, 16, 16, 16), (64, 64)  # C = H = W: only the declaration decides
+    seen = set()
+    for name, module in net.named_modules():
+        if isinstance(module, (SS2D, VSSBlock, SSConvSSM, MedMambaStage, PatchMerging)):
+            seen.add(type(module))
+            assert infer_layout(module, shape, size, name) == "channels_last", name
+    assert seen == {SS2D, SSConvSSM, MedMambaStage, PatchMerging}  # VSSBlock: MedMamba's ablation only
+    block = VSSBlock(8)
+    assert block.output_fmt == "NHWC" and infer_layout(block, (1, 8, 8, 8), (32, 32)) == "channels_last"
+    assert infer_layout(nn.BatchNorm2d(16), shape, size) == "channels_first"
+    assert infer_layout(nn.Linear(16, 16), shape, size) == "channels_last"  # acts on the last dim

@@ -11,14 +11,15 @@ Grad-CAM++ (Chattopadhay et al. 2018, Eq. 19 with the exponential score Y^c = ex
     w_k   = sum_ij a_kij ReLU(g_kij)                        CAM = ReLU(sum_k w_k A_k)
 
 MedMamba used this to show where the model looks (paper Sec. 5.1, Fig. 5). Its stages run channels-last
-``(B, H, W, C)`` inside, so the layer's layout is detected (:func:`infer_layout`) and the activation is permuted to
-channels-first before the formulas above. captum's ``LayerGradCam`` and MONAI's ``GradCAM``/``GradCAMpp`` assume
+``(B, H, W, C)`` inside, so the layer's layout is read (:func:`infer_layout`: the block's ``output_fmt``, as timm's
+layers record it) and the activation is permuted to channels-first before the formulas above. captum's ``LayerGradCam`` and MONAI's ``GradCAM``/``GradCAMpp`` assume
 channels-first maps and single-tensor models (MONAI also leaves its hooks on the model and turns in-place ops off),
 so the few lines of both methods live here, and the tests check them against MONAI on a channels-first model and
 against a hand computation.
 
-Multimodal models (``forward(inputs: dict, present)``) are explained one modality at a time: the map is over that
-modality's input, the other inputs stay fixed, and the layer must lie on that modality's path (checked).
+Multimodal models (:class:`~mmdiag.models.contract.MultimodalModel`) are explained one modality at a time: the map is
+over that modality's input, the other inputs stay fixed, and the layer must lie on that modality's path (checked). The
+default layer of a modality is the one the model names in ``explain_layers`` (with its layout in ``output_fmts``).
 
 Deviation: Grad-CAM++'s factor exp(S^c) in ReLU(dY^c/dA) = exp(S^c) ReLU(dS^c/dA) is left out. It scales all weights
 of an image by one positive number, so the normalised map is unchanged, and it overflows float32 for logits > 88.
@@ -41,10 +42,6 @@ from torch import Tensor, nn
 
 from mmdiag.errors import ConfigError, UnknownNameError
 from mmdiag.io.atomic import atomic_write_bytes
-from mmdiag.models.backbones.medmamba import MedMambaStage, SSConvSSM
-from mmdiag.models.layers.patch_embed import PatchMerging
-from mmdiag.models.layers.ss2d import SS2D
-from mmdiag.models.layers.vss import VSSBlock
 from mmdiag.models.outputs import AUX_KEY, AUX_LOSS_KEY
 
 __all__ = [
@@ -57,6 +54,7 @@ __all__ = [
     "gradcam_weights",
     "gradcampp_weights",
     "infer_layout",
+    "layout_of_fmt",
     "overlay_heatmap",
     "resolve_layer",
     "save_overlay",
@@ -70,12 +68,14 @@ Layout = Literal["auto", "channels_first", "channels_last"]
 METHODS: tuple[str, ...] = ("gradcam", "gradcampp")
 LAYOUTS: tuple[str, ...] = ("auto", "channels_first", "channels_last")
 
-# Output layout by module type; nn.Sequential takes its last child's. Anything else is decided by shape.
-CHANNELS_FIRST_MODULES: tuple[type[nn.Module], ...] = (
+# torch's own modules, whose layout follows from what they do: convolutions, batch/instance/group norms and pooling
+# act on dim 1 (channels first); LayerNorm and Linear act on the last dim (channels last). Blocks of mmdiag (and timm)
+# whose output is not channels-first say so in an ``output_fmt`` class attribute instead.
+TORCH_CHANNELS_FIRST: tuple[type[nn.Module], ...] = (
     nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.ConvTranspose3d, nn.BatchNorm2d, nn.BatchNorm3d,
-    nn.InstanceNorm2d, nn.InstanceNorm3d, nn.GroupNorm, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool2d, nn.AvgPool3d)
-CHANNELS_LAST_MODULES: tuple[type[nn.Module], ...] = (
-    nn.LayerNorm, nn.Linear, SS2D, VSSBlock, SSConvSSM, MedMambaStage, PatchMerging)
+    nn.SyncBatchNorm, nn.InstanceNorm2d, nn.InstanceNorm3d, nn.GroupNorm, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool2d,
+    nn.AvgPool3d)
+TORCH_LAST_DIM: tuple[type[nn.Module], ...] = (nn.LayerNorm, nn.Linear)
 
 
 def gradcam_weights(acts: Tensor, grads: Tensor) -> Tensor:
@@ -139,15 +139,22 @@ def _stride_consistent(spatial: Sequence[int], input_spatial: Sequence[int]) -> 
     return max(ratios) - min(ratios) <= 0.15 * max(ratios)
 
 
-def _declared_layout(module: nn.Module) -> str | None:
-    fmt = getattr(module, "output_fmt", None)
-    if isinstance(fmt, str) and fmt.startswith("NC"):
+def layout_of_fmt(fmt: str) -> str | None:
+    """``"NCHW"``/``"NCDHW"`` → channels-first, ``"NHWC"``/``"NDHWC"`` → channels-last, tokens (``"NLC"``) → None."""
+    if fmt.startswith("NC") and len(fmt) > 3:
         return "channels_first"
-    if isinstance(fmt, str) and fmt.startswith("N") and fmt.endswith("C") and len(fmt) > 3:
+    if fmt.startswith("N") and fmt.endswith("C") and "L" not in fmt and len(fmt) > 3:
         return "channels_last"
-    if isinstance(module, CHANNELS_FIRST_MODULES):
+    return None
+
+
+def _declared_layout(module: nn.Module) -> str | None:
+    fmt = getattr(module, "output_fmt", None)  # an optional attribute of blocks (timm's convention), not a fallback
+    if isinstance(fmt, str):
+        return layout_of_fmt(fmt)
+    if isinstance(module, TORCH_CHANNELS_FIRST):
         return "channels_first"
-    if isinstance(module, CHANNELS_LAST_MODULES):
+    if isinstance(module, TORCH_LAST_DIM):
         return "channels_last"
     if isinstance(module, nn.Sequential) and len(module):
         return _declared_layout(module[-1])
@@ -157,11 +164,11 @@ def _declared_layout(module: nn.Module) -> str | None:
 def infer_layout(module: nn.Module, shape: Sequence[int], input_spatial: Sequence[int], name: str = "<layer>") -> str:
     """Whether a layer's output is channels-first ``(B, C, *S)`` or channels-last ``(B, *S, C)``.
 
-    Rules, in order: the module's ``output_fmt`` (``"NCHW"``/``"NHWC"``, as timm and :class:`PatchEmbed` record it);
-    its type (convolutions, batch/instance/group norms and pooling are channels-first; ``nn.LayerNorm``,
-    ``nn.Linear`` and the MedMamba/VMamba blocks :class:`SS2D`, :class:`VSSBlock`, :class:`SSConvSSM`,
-    :class:`MedMambaStage`, :class:`PatchMerging` are channels-last; an ``nn.Sequential`` has its last child's
-    layout); else the shape: the layout whose spatial sizes are the input's divided by one common stride.
+    Rules, in order: the module's ``output_fmt`` attribute (``"NCHW"``/``"NHWC"``, as timm's layers and mmdiag's
+    channels-last blocks record it); for torch's own modules what they act on (convolutions, batch/instance/group
+    norms and pooling: dim 1, channels-first; ``nn.LayerNorm`` and ``nn.Linear``: the last dim, channels-last); an
+    ``nn.Sequential`` has its last child's layout; else the shape: the layout whose spatial sizes are the input's
+    divided by one common stride.
 
     Args:
         module: The layer.
@@ -267,14 +274,15 @@ class GradCAM:
         save_overlay("case.png", images[0], result.maps[0])
 
     Args:
-        model: A module taking a tensor (``MedMamba``) or a dict of inputs plus ``present`` (any mmdiag model).
-        layer: Layer name (``named_modules``; ``net.`` may be omitted). None: the last layer, in execution order,
-            whose output is a spatial map (larger than 1 x 1, of known layout) computed from the modality's input;
-            for MedMamba at 224² that is ``layers.3``, the 7 x 7 map that is pooled.
-        modality: The explained input of a multimodal model; default: the model's ``modality`` attribute (unimodal
-            and single-image models) or the only image/volume input.
+        model: A module taking a tensor (``MedMamba``) or a
+            :class:`~mmdiag.models.contract.MultimodalModel` (a dict of inputs plus ``present``).
+        layer: Layer name (``named_modules``; ``net.`` may be omitted). None: the layer the multimodal model names for
+            the modality in ``explain_layers`` (a single-tensor model needs the name).
+        modality: The explained input of a multimodal model; default: the only image/volume input of the batch, or
+            the only one among those the model reads (``model.modalities``).
         method: ``"gradcam"`` or ``"gradcampp"``.
-        layout: The layer's output layout; ``"auto"`` uses :func:`infer_layout`.
+        layout: The layer's output layout; ``"auto"``: the model's ``output_fmts`` entry when the layer is its
+            ``explain_layers`` one, else :func:`infer_layout`.
 
     Raises:
         UnknownNameError: unknown layer, method or layout.
@@ -297,13 +305,14 @@ class GradCAM:
         """
         if isinstance(inputs, Tensor):
             return None
-        name = self.modality or getattr(self.model, "modality", None)
+        name = self.modality
         spatial = [k for k, v in inputs.items() if v.dim() >= 4]
         if name is None:
-            if len(spatial) != 1:
-                raise ConfigError(f"the model has image/volume inputs {spatial}: choose one with modality= "
+            read = spatial if len(spatial) == 1 else [m for m in self.model.modalities if m in spatial]
+            if len(read) != 1:
+                raise ConfigError(f"the model has image/volume inputs {read or spatial}: choose one with modality= "
                                   "(CLI: --modality)")
-            name = spatial[0]
+            name = read[0]
         if name not in spatial:
             raise ConfigError(f"modality {name!r} is not an image/volume input of the batch; inputs: {spatial}")
         return name
@@ -317,16 +326,33 @@ class GradCAM:
         x = inputs[modality].detach().clone().requires_grad_(True)
         return self.model({**inputs, modality: x}, present), x
 
-    def _default_layer(self, inputs: Tensor | Mapping[str, Tensor], present: Mapping[str, Tensor] | None,
-                       modality: str | None) -> tuple[str, nn.Module]:
-        layers = spatial_layers(self.model, inputs, present, modality, keep_outputs=True)
-        for info, out, x in reversed(layers):
-            spatial = info.shape[2:] if info.layout == "channels_first" else info.shape[1:-1]
-            if info.layout is not None and math.prod(spatial) > 1 and _depends(out, x):
-                _log.info("Grad-CAM layer: %s (%s, output %s)", info.name, info.type, info.shape)
-                return resolve_layer(self.model, info.name)
-        raise ConfigError(f"no layer of {type(self.model).__name__} outputs a spatial map (> 1 x 1) of input "
-                          f"{modality or 'x'}; Grad-CAM needs a convolutional or stage layer")
+    def _default_layer(self, modality: str | None) -> tuple[str, nn.Module]:
+        """The layer the model names for ``modality`` in ``explain_layers``."""
+        name = type(self.model).__name__
+        if modality is None:
+            raise ConfigError(f"{name} takes one tensor and names no layer to explain: pass layer= (CLI: --layer; "
+                              "`mmdiag explain layers` lists the candidates)")
+        layers = self.model.explain_layers
+        if modality not in layers:
+            raise ConfigError(f"{name} names no layer to explain for modality {modality!r} (explain_layers has "
+                              f"{sorted(layers)}): pass layer= (CLI: --layer; `mmdiag explain layers` lists them)")
+        _log.info("Grad-CAM layer of %s: %s", modality, layers[modality])
+        return resolve_layer(self.model, layers[modality])
+
+    def _layout(self, modality: str | None, act: Tensor, input_spatial: Sequence[int]) -> str:
+        """The given layout, else the model's ``output_fmts`` entry for its own explain layer, else
+        :func:`infer_layout`."""
+        if self.layout != "auto":
+            return self.layout
+        if modality is not None and self.layer_name == self._model_layer(modality):
+            fmt = self.model.output_fmts.get(modality)
+            if fmt is not None and layout_of_fmt(fmt) is not None:
+                return layout_of_fmt(fmt)
+        return infer_layout(self.layer, act.shape, input_spatial, self.layer_name)
+
+    def _model_layer(self, modality: str) -> str | None:
+        name = self.model.explain_layers.get(modality)
+        return None if name is None else resolve_layer(self.model, name)[0]
 
     def __call__(self, inputs: Tensor | Mapping[str, Tensor], present: Mapping[str, Tensor] | None = None, *,
                  target: int | Sequence[int] | Tensor | None = None, task: str | None = None) -> CAMResult:
@@ -351,7 +377,7 @@ class GradCAM:
         try:
             with torch.enable_grad():
                 if self.layer is None:
-                    self.layer_name, self.layer = self._default_layer(inputs, present, modality)
+                    self.layer_name, self.layer = self._default_layer(modality)
                 return self._explain(inputs, present, modality, target, task)
         finally:
             self.model.train(was_training)
@@ -379,8 +405,7 @@ class GradCAM:
             raise ConfigError(f"{where} ran {len(captured)} times in one forward pass (shared between inputs?); "
                               "choose a layer inside one modality's encoder")
         act = captured[0]
-        layout = self.layout if self.layout != "auto" else infer_layout(self.layer, act.shape, x.shape[2:],
-                                                                       self.layer_name)
+        layout = self._layout(modality, act, x.shape[2:])
         if not _depends(act, x):
             raise ConfigError(f"{where} does not see input {modality or 'x'!r}: choose a layer of that input's encoder")
         logits = _task_logits(out, task)

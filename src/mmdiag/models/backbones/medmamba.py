@@ -90,6 +90,8 @@ class SSConvSSM(nn.Module):
         ConfigError: ``shuffle`` without ``split``, or an odd ``dim`` with ``split``.
     """
 
+    output_fmt = "NHWC"
+
     def __init__(
         self,
         dim: int,
@@ -150,6 +152,8 @@ class MedMambaStage(nn.Module):
     Raises:
         ConfigError: ``drop_path`` lists another number of rates than ``depth``.
     """
+
+    output_fmt = "NHWC"
 
     def __init__(
         self,

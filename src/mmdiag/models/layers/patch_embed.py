@@ -80,6 +80,8 @@ class PatchMerging(nn.Module):
         norm_layer: Norm over the ``4 * dim`` concatenated channels.
     """
 
+    output_fmt = "NHWC"
+
     def __init__(self, dim: int, out_dim: int | None = None, norm_layer: Callable[[int], nn.Module] = nn.LayerNorm):
         super().__init__()
         self.dim = dim

@@ -142,6 +142,8 @@ class SS2D(nn.Module):
         ValueError: an option is out of range.
     """
 
+    output_fmt = "NHWC"
+
     def __init__(
         self,
         d_model: int,

@@ -27,6 +27,8 @@ class VSSBlock(nn.Module):
         **ss2d_kwargs: Passed to :class:`SS2D` (``d_state``, ``expand``, ``gated``, ``scan_impl``, ...).
     """
 
+    output_fmt = "NHWC"
+
     def __init__(
         self,
         dim: int,
