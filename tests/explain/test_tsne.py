@@ -12,6 +12,7 @@ from mmdiag.data.synthetic import synthetic
 from mmdiag.errors import ConfigError, DataError
 from mmdiag.explain.tsne import class_labels, penultimate_features, tsne_embedding, write_tsne
 from mmdiag.models._builder import build_for_dataset
+from mmdiag.models.contract import MultimodalModel
 
 SPEC = synthetic(n_cases=20).spec
 X = {"clinical": torch.rand(3, 3, 32, 32), "dermoscopy": torch.rand(3, 3, 32, 32), "record": torch.randn(3, 9)}
@@ -28,10 +29,10 @@ def test_medmamba_features_are_the_pooled_last_stage():
         expected = net.forward_head(net.forward_features(X["clinical"]), pre_logits=True)
     assert feats.shape == (3, net.num_features)
     torch.testing.assert_close(feats, expected)
+    torch.testing.assert_close(penultimate_features(net, X["clinical"]), expected)  # the bare image model
 
 
-@pytest.mark.parametrize("name,options", [("unimodal", {"modality": "dermoscopy"}), ("early_fusion", {}),
-                                          ("middle_fusion", {}), ("late_fusion", {"mode": "features"})])
+@pytest.mark.parametrize("name,options", [("unimodal", {"modality": "dermoscopy"}), ("early_fusion", {})])
 def test_fusion_features_are_the_heads_input(name, options):
     torch.manual_seed(0)
     model = create_model(name, spec=SPEC, **options).eval()
@@ -43,18 +44,36 @@ def test_fusion_features_are_the_heads_input(name, options):
         torch.testing.assert_close(head(feats), logits)  # the logits are a linear function of these features
 
 
-def test_late_fusion_logits_mode_concatenates_the_modalities():
-    torch.manual_seed(0)
-    model = create_model("late_fusion", spec=SPEC, mode="logits").eval()
+class _Gated(MultimodalModel):
+    """Features = the record's projection, zeroed where the record is missing; heads with no linear layer of their own
+    that a hook could find (the old head-guessing could not take features from this model)."""
+
+    def __init__(self, spec):
+        super().__init__(spec, ["record"])
+        self.proj = torch.nn.Linear(9, 5)
+        self.num_features = 5
+
+    def forward_features(self, inputs, present=None):
+        return self.proj(inputs["record"]) * present["record"].float()[:, None]
+
+    def forward_head(self, features, pre_logits=False):
+        return features if pre_logits else {"diagnosis": torch.cat([features, -features[:, :3]], 1)}
+
+
+def test_features_come_from_forward_features_with_presence():
+    model = _Gated(SPEC)
     feats = penultimate_features(model, X, PRESENT)
     with torch.no_grad():
-        expected = torch.cat([model.encoders[m](X[m]) for m in ("clinical", "dermoscopy", "record")], 1)
-    torch.testing.assert_close(feats, expected)
+        expected = model.proj(X["record"])
+    torch.testing.assert_close(feats[[0, 2]], expected[[0, 2]])
+    assert torch.equal(feats[1], torch.zeros(5))  # the missing record contributes nothing
 
 
-def test_model_without_a_head_is_refused():
-    with pytest.raises(ConfigError, match=r"Conv2d has no classification head.*get_classifier"):
-        penultimate_features(torch.nn.Conv2d(3, 4, 3), torch.rand(1, 3, 8, 8))
+def test_a_model_breaking_the_contract_is_named():
+    model = _Gated(SPEC)
+    model.forward_features = lambda inputs, present=None: torch.zeros(3, 2, 2)
+    with pytest.raises(ConfigError, match=r"_Gated.forward_features returned shape \(3, 2, 2\).*\(3, F\)"):
+        penultimate_features(model, X, PRESENT)
 
 
 def test_embedding_keeps_separated_classes_apart():

@@ -1,15 +1,12 @@
 """t-SNE maps of a model's penultimate features, coloured by class (MedMamba paper Sec. 5.2, Fig. 6).
 
-The features are the input of the classification head(s), i.e. the representation the logits are a linear function
-of:
+The features are the representation the heads read, taken from the model contract
+(:mod:`mmdiag.models.contract`):
 
-* MedMamba and other timm-style classifiers, bare or inside a
-  :class:`~mmdiag.models.nets.single_image.SingleImageClassifier`: the input of ``get_classifier()``, which for
-  MedMamba is the global average pool of the last stage, ``forward_head(forward_features(x), pre_logits=True)``.
-* Multimodal models with :class:`~mmdiag.models.layers.heads.TaskHeads` in ``model.heads`` (unimodal, early, middle
-  and late fusion with ``mode="features"``): the pooled (fused) vector the heads receive.
-* Late fusion with ``mode="logits"`` (``model.heads`` a dict of per-modality heads): the per-modality pooled features
-  concatenated in modality order (a missing modality contributes the features of its all-zero input).
+* a multimodal model (every model trained on a dataset, single-image classifiers included):
+  ``model.forward_features(inputs, present)``, the ``(B, num_features)`` vector its heads receive;
+* a single-tensor image model (timm's API): ``forward_head(forward_features(x), pre_logits=True)``, which for
+  MedMamba is the global average pool of the last stage.
 
 The 2-D embedding is scikit-learn's ``TSNE`` (PCA initialisation, fixed seed).
 """
@@ -32,30 +29,11 @@ from mmdiag.data.schema import DatasetSpec, TaskSpec
 from mmdiag.data.transforms import BatchTransform
 from mmdiag.errors import ConfigError, DataError
 from mmdiag.io.atomic import atomic_write_bytes, atomic_write_text
-from mmdiag.models.layers.heads import TaskHeads
 
-__all__ = ["feature_heads", "penultimate_features", "extract_features", "tsne_embedding", "class_labels", "plot_tsne",
+__all__ = ["penultimate_features", "extract_features", "tsne_embedding", "class_labels", "plot_tsne",
            "write_tsne"]
 
 _log = logging.getLogger(__name__)
-
-
-def feature_heads(model: nn.Module) -> list[nn.Module]:
-    """The head modules whose inputs are the penultimate features (see the module docstring).
-
-    Raises:
-        ConfigError: the model has neither ``heads`` of :class:`TaskHeads` nor a ``get_classifier()``.
-    """
-    heads = getattr(model, "heads", None)
-    if isinstance(heads, TaskHeads):
-        return [heads]
-    if isinstance(heads, nn.ModuleDict) and heads and all(isinstance(h, TaskHeads) for h in heads.values()):
-        return list(heads.values())
-    for owner in (model, getattr(model, "net", None)):
-        if owner is not None and hasattr(owner, "get_classifier"):
-            return [owner.get_classifier()]
-    raise ConfigError(f"{type(model).__name__} has no classification head to take features from: expected "
-                      "`heads` (TaskHeads) or a `get_classifier()` method")
 
 
 @torch.no_grad()
@@ -64,34 +42,27 @@ def penultimate_features(model: nn.Module, inputs: Tensor | Mapping[str, Tensor]
     """``(B, F)`` penultimate features of one batch (the model runs in eval mode; its mode is restored).
 
     Args:
-        model: A single-tensor classifier or a multimodal model.
-        inputs: Its input (normalised as in training).
+        model: A :class:`~mmdiag.models.contract.MultimodalModel`, or a single-tensor image model.
+        inputs: Its input (normalised as in training): a dict of tensors, or one tensor for an image model.
         present: Presence flags of a multimodal model.
 
     Raises:
-        ConfigError: no head found, or a head did not run.
+        ConfigError: the features are not ``(B, F)`` (a model that breaks the contract).
     """
-    captured: list[Tensor] = []
-
-    def grab(module: nn.Module, args: tuple[Any, ...]) -> None:
-        captured.append(args[0].flatten(1))
-
-    hooks = [h.register_forward_pre_hook(grab) for h in feature_heads(model)]
     was_training = model.training
     model.eval()
     try:
         if isinstance(inputs, Tensor):
-            model(inputs)
+            feats = model.forward_head(model.forward_features(inputs), pre_logits=True)
         else:
-            model(inputs, present)
+            feats = model.forward_features(inputs, present)
     finally:
         model.train(was_training)
-        for h in hooks:
-            h.remove()
-    if len(captured) != len(hooks):
-        raise ConfigError(f"{type(model).__name__}: {len(hooks)} head(s) but {len(captured)} head input(s) captured "
-                          "in one forward pass")
-    return torch.cat(captured, 1)
+    batch = len(inputs) if isinstance(inputs, Tensor) else len(next(iter(inputs.values())))
+    if feats.dim() != 2 or feats.shape[0] != batch:
+        raise ConfigError(f"{type(model).__name__}.forward_features returned shape {tuple(feats.shape)}; the model "
+                          f"contract wants (batch, num_features) = ({batch}, F)")
+    return feats
 
 
 def extract_features(model: nn.Module, loader: DataLoader, transform: BatchTransform,
