@@ -9,9 +9,18 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from mmdiag.models.peft.inject import AdapterConfig, AdapterLayer, factory_kwargs, register_peft_method, require_linear
+from mmdiag.errors import ConfigError
+from mmdiag.models.peft.inject import (
+    AdapterConfig,
+    AdapterLayer,
+    adapter_layers,
+    factory_kwargs,
+    register_peft_method,
+    replace_module,
+    require_linear,
+)
 
-__all__ = ["LoRA", "LoRALinear", "LoraConfig"]
+__all__ = ["LoRA", "LoRALinear", "LoraConfig", "merge_lora"]
 
 
 class LoRA(nn.Module):
@@ -94,3 +103,21 @@ class LoraConfig(AdapterConfig):
 
     def wrap(self, model: nn.Module, name: str, module: nn.Module) -> LoRALinear:
         return LoRALinear(require_linear(self.method, name, module), self.r, self.alpha, self.dropout)
+
+
+def merge_lora(model: nn.Module) -> nn.Module:
+    """Fold every :class:`LoRALinear` into its base weight and unwrap it, in place, for inference.
+
+    The merged model gives the same outputs. MoR and LoRAMoE layers route per token and cannot be merged.
+
+    Raises:
+        ConfigError: ``model`` has no LoRA layer.
+    """
+    layers = [(name, layer) for name, layer in adapter_layers(model) if isinstance(layer, LoRALinear)]
+    if not layers:
+        method = getattr(getattr(model, "peft_config", None), "method", None)
+        raise ConfigError(f"{type(model).__name__} has no LoRA layer to merge (peft method {method!r}); only 'lora' "
+                          "can be merged, MoR and LoRAMoE route per token")
+    for name, layer in layers:
+        replace_module(model, name, layer.merge())
+    return model
