@@ -302,3 +302,47 @@ def test_channels_last_blocks_declare_output_fmt():
     assert block.output_fmt == "NHWC" and infer_layout(block, (1, 8, 8, 8), (32, 32)) == "channels_last"
     assert infer_layout(nn.BatchNorm2d(16), shape, size) == "channels_first"
     assert infer_layout(nn.Linear(16, 16), shape, size) == "channels_last"  # acts on the last dim
+
+
+class _Tokens(MultimodalModel):
+    """ViT-shaped: 4 x 4 patches of a 16² image, a [CLS] token in front, a token-wise Linear (``NLC`` output), mean of
+    all tokens → heads; it names the token layer and declares its layout."""
+
+    def __init__(self, spec):
+        super().__init__(spec, ["clinical"])
+        torch.manual_seed(0)
+        self.patch = nn.Conv2d(3, 6, 4, stride=4)
+        self.cls = nn.Parameter(torch.randn(1, 1, 6))
+        self.tok = nn.Linear(6, 6)
+        self.num_features = 6
+        self.heads = TaskHeads(6, spec.tasks)
+        self.explain_layers, self.output_fmts = {"clinical": "tok"}, {"clinical": "NLC"}
+
+    def forward_features(self, inputs, present=None):
+        x = self.patch(inputs["clinical"]).flatten(2).transpose(1, 2)
+        return torch.tanh(self.tok(torch.cat([self.cls.expand(len(x), -1, -1), x], 1))).mean(1)
+
+
+def test_tokens_are_laid_out_on_their_patch_grid_without_the_prefix():
+    model = _Tokens(SPEC).eval()
+    x = torch.rand(2, 3, 16, 16)
+    result = GradCAM(model)({"clinical": x})
+    assert result.layout == "tokens" and result.raw.shape == (2, 4, 4) and result.maps.shape == (2, 16, 16)
+    tokens = torch.cat([model.cls.expand(2, -1, -1), model.patch(x).flatten(2).transpose(1, 2)], 1)
+    a = model.tok(tokens).detach().requires_grad_(True)
+    logits = model.heads(torch.tanh(a).mean(1))["diagnosis"]
+    c = logits.argmax(1)
+    g = torch.autograd.grad(logits.gather(1, c[:, None]).sum(), a)[0]
+    grid_a, grid_g = a[:, 1:].reshape(2, 4, 4, 6).permute(0, 3, 1, 2), g[:, 1:].reshape(2, 4, 4, 6).permute(0, 3, 1, 2)
+    torch.testing.assert_close(result.raw, torch.relu((grid_g.mean((2, 3))[:, :, None, None] * grid_a).sum(1)).detach())
+    with pytest.raises(ConfigError, match=r"'patch'.*not tokens \(B, L, C\)"):
+        GradCAM(model, "patch", layout="tokens")({"clinical": x})
+
+
+def test_token_grid_of_vit_layouts():
+    from mmdiag.explain.gradcam import token_grid
+
+    assert token_grid(1 + 4 + 16 * 16, (224, 224)) == (16, 16)  # DINOv2 with registers, patch 14
+    assert token_grid(1 + 14 * 7, (224, 112)) == (14, 7)  # non-square input, patch 16
+    assert token_grid(197, (224, 224)) == (14, 14)  # CLIP ViT-B/16
+    assert token_grid(3, (224, 224)) == (1, 1) and token_grid(10, (8, 8, 8)) is None

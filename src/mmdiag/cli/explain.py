@@ -43,8 +43,8 @@ def _gradcam(args: argparse.Namespace) -> int:
     import torch
 
     from mmdiag.errors import ConfigError
-    from mmdiag.explain.gradcam import GradCAM, save_overlay
     from mmdiag.evaluation.scores import probabilities
+    from mmdiag.explain.gradcam import GradCAM, save_overlay
 
     predictor, loader, device = _load(args)
     spec, model = predictor.spec, predictor.model.eval().to(device)
@@ -126,14 +126,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     g = sub.add_parser("gradcam", help="Grad-CAM / Grad-CAM++ heatmaps over the input images (PNG)")
     g.add_argument("--run", required=True, help="run folder")
-    g.add_argument("--layer", help="layer name (`mmdiag explain layers`); default: the last feature map of the "
-                                   "modality, e.g. net.layers.3 for MedMamba")
-    g.add_argument("--modality", help="explained input of a multimodal model (default: the only image input)")
+    g.add_argument("--layer", help="layer name (`mmdiag explain layers`); default: the layer the model names for "
+                                   "the modality (its explain_layers)")
+    g.add_argument("--modality", help="explained input of a multimodal model (default: the only image/volume input "
+                                      "the model reads)")
     g.add_argument("--cases", type=int, default=8, help="explain the first N cases of the split (default 8)")
     g.add_argument("--case", action="append", metavar="ID", help="explain these case ids instead")
     g.add_argument("--method", default="gradcam", choices=["gradcam", "gradcampp"])
-    g.add_argument("--layout", default="auto", choices=["auto", "channels_first", "channels_last"],
-                   help="the layer's output layout (auto: detected)")
+    g.add_argument("--layout", default="auto", choices=["auto", "channels_first", "channels_last", "tokens"],
+                   help="the layer's output layout (auto: declared by the model or the layer, else from the shape)")
     g.add_argument("--split", default="test", choices=["train", "val", "test"])
     g.add_argument("--task", help="task whose logit is explained (default: the main task)")
     g.add_argument("--target", help="class to explain (default: the predicted class)")
@@ -141,7 +142,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--output", help="output folder (default: RUN/explain)")
     g.set_defaults(fn=_gradcam)
 
-    t = sub.add_parser("tsne", help="t-SNE of the penultimate features, coloured by class (PNG + CSV)")
+    t = sub.add_parser("tsne", help="t-SNE of the model's features (forward_features), coloured by class (PNG + CSV)")
     t.add_argument("--run", required=True, help="run folder")
     t.add_argument("--split", default="test", choices=["train", "val", "test"])
     t.add_argument("--task", action="append", help="colour by this task (default: every task)")
@@ -159,6 +160,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     la = sub.add_parser("layers", help="layers with spatial outputs (names for --layer), with shapes and layouts")
     la.add_argument("--run", required=True, help="run folder")
-    la.add_argument("--modality", help="input whose feature maps to list (default: the only image input)")
+    la.add_argument("--modality", help="input whose feature maps to list (default: the only image/volume input the "
+                                       "model reads)")
     la.add_argument("--split", default="test", choices=["train", "val", "test"])
     la.set_defaults(fn=_layers)

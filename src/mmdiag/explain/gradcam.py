@@ -12,7 +12,8 @@ Grad-CAM++ (Chattopadhay et al. 2018, Eq. 19 with the exponential score Y^c = ex
 
 MedMamba used this to show where the model looks (paper Sec. 5.1, Fig. 5). Its stages run channels-last
 ``(B, H, W, C)`` inside, so the layer's layout is read (:func:`infer_layout`: the block's ``output_fmt``, as timm's
-layers record it) and the activation is permuted to channels-first before the formulas above. captum's ``LayerGradCam`` and MONAI's ``GradCAM``/``GradCAMpp`` assume
+layers record it) and the activation is permuted to channels-first before the formulas above. A ViT's tokens
+(``"NLC"``) are laid out on their patch grid, the prefix tokens ([CLS], registers) left out. captum's ``LayerGradCam`` and MONAI's ``GradCAM``/``GradCAMpp`` assume
 channels-first maps and single-tensor models (MONAI also leaves its hooks on the model and turns in-place ops off),
 so the few lines of both methods live here, and the tests check them against MONAI on a channels-first model and
 against a hand computation.
@@ -64,9 +65,9 @@ __all__ = [
 _log = logging.getLogger(__name__)
 
 Method = Literal["gradcam", "gradcampp"]
-Layout = Literal["auto", "channels_first", "channels_last"]
+Layout = Literal["auto", "channels_first", "channels_last", "tokens"]
 METHODS: tuple[str, ...] = ("gradcam", "gradcampp")
-LAYOUTS: tuple[str, ...] = ("auto", "channels_first", "channels_last")
+LAYOUTS: tuple[str, ...] = ("auto", "channels_first", "channels_last", "tokens")
 
 # torch's own modules, whose layout follows from what they do: convolutions, batch/instance/group norms and pooling
 # act on dim 1 (channels first); LayerNorm and Linear act on the last dim (channels last). Blocks of mmdiag (and timm)
@@ -140,12 +141,31 @@ def _stride_consistent(spatial: Sequence[int], input_spatial: Sequence[int]) -> 
 
 
 def layout_of_fmt(fmt: str) -> str | None:
-    """``"NCHW"``/``"NCDHW"`` → channels-first, ``"NHWC"``/``"NDHWC"`` → channels-last, tokens (``"NLC"``) → None."""
+    """``"NCHW"``/``"NCDHW"`` → channels-first, ``"NHWC"``/``"NDHWC"`` → channels-last, ``"NLC"`` → tokens."""
+    if fmt == "NLC":
+        return "tokens"
     if fmt.startswith("NC") and len(fmt) > 3:
         return "channels_first"
     if fmt.startswith("N") and fmt.endswith("C") and "L" not in fmt and len(fmt) > 3:
         return "channels_last"
     return None
+
+
+def token_grid(length: int, input_spatial: Sequence[int]) -> tuple[int, ...] | None:
+    """The patch grid of ``length`` tokens over an input of ``input_spatial``: the largest grid of one common stride
+    with at most ``length`` cells; the tokens before it are prefix tokens ([CLS], registers). None: no grid fits.
+
+    Choice: prefix tokens come first (as in every ViT here) and are fewer than one grid row, so the largest grid wins.
+    """
+    if len(input_spatial) != 2:
+        return None
+    height, width = input_spatial
+    best = None
+    for h in range(1, min(length, height) + 1):
+        w = max(1, round(h * width / height))
+        if h * w <= length and _stride_consistent((h, w), input_spatial) and (best is None or h * w > best[0] * best[1]):
+            best = (h, w)
+    return best
 
 
 def _declared_layout(module: nn.Module) -> str | None:
@@ -176,14 +196,22 @@ def infer_layout(module: nn.Module, shape: Sequence[int], input_spatial: Sequenc
         input_spatial: Spatial size of the input it explains.
         name: Layer name, for the error message.
 
+    A module declared ``output_fmt = "NLC"`` outputs tokens ``(B, L, C)``: ``"tokens"`` when they hold a patch grid
+    of the input (:func:`token_grid`).
+
     Returns:
-        ``"channels_first"`` or ``"channels_last"``.
+        ``"channels_first"``, ``"channels_last"`` or ``"tokens"``.
 
     Raises:
         ConfigError: the output is not a spatial map of the input's dimensionality, or the shape fits both layouts
             and the type decides nothing (pass ``layout`` explicitly).
     """
     n = len(input_spatial)
+    if len(shape) == 3 and _declared_layout(module) == "tokens":
+        if token_grid(shape[1], input_spatial) is None:
+            raise ConfigError(f"layer {name!r} outputs {shape[1]} tokens, which hold no patch grid of an input of "
+                              f"spatial size {tuple(input_spatial)}")
+        return "tokens"
     if len(shape) != n + 2:
         raise ConfigError(f"layer {name!r} outputs shape {tuple(shape)}, not a {n}D feature map (B, C, "
                           f"{', '.join('S' * n)}) or (B, {', '.join('S' * n)}, C); choose a convolutional or stage "
@@ -200,8 +228,18 @@ def infer_layout(module: nn.Module, shape: Sequence[int], input_spatial: Sequenc
                       "layout='channels_first' or 'channels_last' (CLI: --layout)")
 
 
-def _to_channels_first(x: Tensor, layout: str) -> Tensor:
-    return x.movedim(-1, 1) if layout == "channels_last" else x
+def _to_channels_first(x: Tensor, layout: str, input_spatial: Sequence[int], name: str) -> Tensor:
+    """A channels-first map of a layer's output (or its gradient): channels-last maps are permuted; tokens ``(B, L, C)``
+    lose their prefix tokens and are laid out on the patch grid (:func:`token_grid`)."""
+    if layout == "channels_last":
+        return x.movedim(-1, 1)
+    if layout == "tokens":
+        grid = token_grid(x.shape[1], input_spatial) if x.dim() == 3 else None
+        if grid is None:
+            raise ConfigError(f"layer {name!r} outputs shape {tuple(x.shape)}: not tokens (B, L, C) holding a patch "
+                              f"grid of an input of spatial size {tuple(input_spatial)}")
+        return x[:, x.shape[1] - math.prod(grid):].unflatten(1, grid).movedim(-1, 1)
+    return x
 
 
 def resolve_layer(model: nn.Module, name: str) -> tuple[str, nn.Module]:
@@ -414,8 +452,9 @@ class GradCAM:
         grads = torch.autograd.grad(scores.sum(), act, allow_unused=True)[0]
         if grads is None:
             raise ConfigError(f"{where} does not influence the output of the model")
-        acts_cf = _to_channels_first(act.detach(), layout)
-        raw = class_activation_map(acts_cf, _to_channels_first(grads, layout), self.method)
+        acts_cf = _to_channels_first(act.detach(), layout, x.shape[2:], self.layer_name)
+        raw = class_activation_map(acts_cf, _to_channels_first(grads, layout, x.shape[2:], self.layer_name),
+                                   self.method)
         spatial = tuple(x.shape[2:])
         up = F.interpolate(raw[:, None], size=spatial, mode="bilinear" if len(spatial) == 2 else "trilinear",
                            align_corners=False)[:, 0]
@@ -494,7 +533,7 @@ def spatial_layers(model: nn.Module, inputs: Tensor | Mapping[str, Tensor], pres
             layout = infer_layout(module, out.shape, spatial, name)
         except ConfigError:
             layout = None
-        if not (fits[layout] if layout else any(fits.values())):
+        if layout == "tokens" or not (fits[layout] if layout else any(fits.values())):
             continue
         info = LayerInfo(name, type(module).__name__, tuple(out.shape), layout)
         result.append((info, out, x) if keep_outputs else info)
