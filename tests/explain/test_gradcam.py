@@ -346,3 +346,10 @@ def test_token_grid_of_vit_layouts():
     assert token_grid(1 + 14 * 7, (224, 112)) == (14, 7)  # non-square input, patch 16
     assert token_grid(197, (224, 224)) == (14, 14)  # CLIP ViT-B/16
     assert token_grid(3, (224, 224)) == (1, 1) and token_grid(10, (8, 8, 8)) is None
+
+
+def test_a_declared_layout_that_does_not_fit_the_output_is_named():
+    model = _TwoImages(SPEC).eval()
+    model.output_fmts = {"dermoscopy": "NDHWC"}  # a 3D layout for a 2D map: a bug in the model, named
+    with pytest.raises(ConfigError, match=r"_TwoImages.output_fmts\['dermoscopy'\] = 'NDHWC'.*'enc_b.0'"):
+        GradCAM(model, modality="dermoscopy")(_two_image_batch())

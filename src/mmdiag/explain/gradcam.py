@@ -384,8 +384,12 @@ class GradCAM:
             return self.layout
         if modality is not None and self.layer_name == self._model_layer(modality):
             fmt = self.model.output_fmts.get(modality)
-            if fmt is not None and layout_of_fmt(fmt) is not None:
-                return layout_of_fmt(fmt)
+            layout = None if fmt is None else layout_of_fmt(fmt)
+            if layout is not None and len(fmt) != act.dim():
+                raise ConfigError(f"{type(self.model).__name__}.output_fmts[{modality!r}] = {fmt!r}, but layer "
+                                  f"{self.layer_name!r} outputs shape {tuple(act.shape)}")
+            if layout is not None:
+                return layout
         return infer_layout(self.layer, act.shape, input_spatial, self.layer_name)
 
     def _model_layer(self, modality: str) -> str | None:
