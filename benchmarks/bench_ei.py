@@ -115,7 +115,7 @@ def _train_rows(steps: int = 3, batch: int = 8) -> list[dict[str, Any]]:
     rows = []
     for name in ["ei", "coscat"]:
         if name not in list_models():
-            gap = "not registered (src/mmdiag/models/fusion/ei.py missing when the benchmark ran)"
+            gap = "not registered (src/mmdiag/models/nets/ei.py missing when the benchmark ran)"
             rows.append({"kind": "train", "method": name, "gap": gap})
             continue
         with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:

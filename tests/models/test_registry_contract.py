@@ -1,4 +1,6 @@
-"""Every registered model: builds, runs without NaN, reaches every trainable parameter, round-trips safetensors."""
+"""Every registered model through the model contract (``mmdiag.models.contract``): builds, runs without NaN,
+reaches every trainable parameter, ``forward_features`` has ``num_features`` columns, explain layers exist,
+round-trips safetensors."""
 
 import inspect
 
@@ -9,11 +11,12 @@ from safetensors.torch import load, save
 from mmdiag import create_model, list_models
 from mmdiag.data.synthetic import synthetic
 from mmdiag.errors import MmdiagError
+from mmdiag.models._registry import model_options
+from mmdiag.models.contract import ImageModel, MultimodalModel
 from mmdiag.models.outputs import AUX_KEY, AUX_LOSS_KEY
-from mmdiag.registry import MODELS
 
 SPEC = synthetic(n_cases=20).spec
-MULTIMODAL = [n for n in list_models(include_hidden=True) if "spec" in inspect.signature(MODELS.get(n)).parameters]
+MULTIMODAL = list_models(include_hidden=True, multimodal=True)
 IMAGE = [n for n in list_models("tiny_*")]
 
 
@@ -23,12 +26,11 @@ def _x(b=2):
 
 def _build(name):
     """Tiny settings: foundation-model families get a 2-block ViT and the image modalities only (they take images)."""
-    fn = MODELS.get(name)
-    params = inspect.signature(fn).parameters
+    valid = model_options(name)
     options, spec = {}, SPEC
-    if fn.__module__.rsplit(".", 1)[-1] in ("ei", "vfm_baselines"):
+    if "vfm" in valid:
         options["vfm"], spec = "tiny_dinov2", SPEC.restrict(["clinical", "dermoscopy"])
-    if "modality" in params and params["modality"].default is inspect.Parameter.empty:
+    if valid.get("modality", None) is inspect.Parameter.empty:
         options["modality"] = "clinical"
     return create_model(name, spec=spec, **options)
 
@@ -37,8 +39,13 @@ def _build(name):
 def test_multimodal_contract(name):
     torch.manual_seed(0)
     model = _build(name)
+    assert isinstance(model, MultimodalModel) and set(model.modalities) <= set(SPEC.modalities)
     out = model(_x())
     assert torch.isfinite(out["diagnosis"]).all() and out["diagnosis"].shape == (2, 8)
+    with torch.no_grad():
+        assert model.forward_features(_x()).shape == (2, model.num_features)
+    modules = dict(model.named_modules())
+    assert all(layer in modules for layer in model.explain_layers.values()), model.explain_layers
     total = out["diagnosis"].sum()  # plus the auxiliary terms: some branches learn only through them (EI)
     total = total + sum(v.sum() for _, logits in out.get(AUX_KEY, {}).values() for v in logits.values())
     total = total + sum(w * v for w, v in out.get(AUX_LOSS_KEY, {}).values())
@@ -68,6 +75,7 @@ def test_multimodal_safetensors_round_trip(name):
 def test_image_classifier_contract(name):
     torch.manual_seed(0)
     model = create_model(name, num_classes=3)
+    assert isinstance(model, ImageModel) and model.explain_layer in dict(model.named_modules())
     size = {"tiny_dinov2": 28, "tiny_dinov2_reg": 28, "tiny_clip": 64}.get(name, 32)  # CLIP: fixed at build
     x = torch.rand(2, 3, size, size)
     y = model(x)

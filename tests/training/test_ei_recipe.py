@@ -50,7 +50,7 @@ def test_two_stages_end_to_end_with_resume_and_int_maps(tmp_path, manifest_yaml)
     # the frozen base of the EI model is exactly the stage-1 base (only adapters, heads, [INT] and gate trained)
     ei_state = load_state_dict_file(run / "stage2_ei" / "model.safetensors")
     uni_state = load_state_dict_file(run / "stage1_photo" / "model.safetensors")
-    base = [k for k in uni_state if k.startswith("vfm.") and ("base_layer" in k or "patch_embed" in k)]
+    base = [k for k in uni_state if k.startswith("encoder.vit.") and ("base_layer" in k or "patch_embed" in k)]
     assert base and all((ei_state[f"primary.photo.{k}"] == uni_state[k]).all() for k in base)
 
     stamps = {p: p.stat().st_mtime_ns for p in run.glob("*/model.safetensors")}
@@ -123,4 +123,4 @@ def test_protocol_configs_build_ei_on_the_native_layouts(tmp_path, name, writer)
     task = spec.main_task
     assert out[task].shape == (2, spec.tasks[task].num_outputs)
     slices = {"ei_mrnet": 4}.get(name, 1)
-    assert all(model.primary[m].num_slices == slices for m in modalities)
+    assert all(model.primary[m].encoder.num_slices == slices for m in modalities)

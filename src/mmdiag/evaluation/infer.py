@@ -43,8 +43,10 @@ class Predictor:
         stats = json.loads((run_dir / "splits.json").read_text())["encoders"]
         self.encoders = {m: TabularEncoder(self.spec.modalities[m], {k: tuple(v) for k, v in stats.get(m, {}).items()})
                          for m in self.spec.of_kind("tabular")}
+        # the run's own weights hold everything: no VFM checkpoint or stage-1 run outside the folder is read
         self.model = build_for_dataset(self.spec, self.cfg.model.name, self.cfg.model.options,
-                                       peft=self.cfg.model.peft, peft_options=self.cfg.model.peft_options)
+                                       peft=self.cfg.model.peft, peft_options=self.cfg.model.peft_options,
+                                       pretrained=False)
         load_checkpoint(self.model, run_dir / "model.safetensors")
         self.transform = BatchTransform(self.spec)
 

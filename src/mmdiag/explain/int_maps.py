@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from mmdiag.errors import ConfigError
 from mmdiag.io.atomic import atomic_write_bytes
-from mmdiag.models.fusion.ei import EI
+from mmdiag.models.nets.ei import EI
 
 __all__ = ["int_similarity_maps", "render_int_overlay", "write_int_maps", "int_maps_for_run"]
 
@@ -37,7 +37,7 @@ def int_similarity_maps(model: EI, inputs: dict[str, torch.Tensor], present: dic
     """Cosine similarity of the final [CLS] to every patch token of each primary VFM, with and without [INT].
 
     Args:
-        model: an :class:`~mmdiag.models.fusion.ei.EI` model (put in eval mode by the caller for deterministic maps).
+        model: an :class:`~mmdiag.models.nets.ei.EI` model (put in eval mode by the caller for deterministic maps).
         inputs: the model's inputs (images in [0, 1] unless the model was built with ``input_norm=none``).
         present: per modality ``(B,)`` bool; a missing reference adds no [INT] token.
 
@@ -55,8 +55,8 @@ def int_similarity_maps(model: EI, inputs: dict[str, torch.Tensor], present: dic
         tokens = model.forward_branches(inputs, present, intervene=intervene).tokens
         for m, tok in tokens.items():
             branch = model.primary[m]
-            gh, gw = branch.grid(inputs[m])
-            patches = tok[:, :, branch.vfm.num_prefix_tokens:]
+            gh, gw = branch.encoder.grid(inputs[m])
+            patches = tok[:, :, branch.encoder.vit.num_prefix_tokens:]
             sim = F.cosine_similarity(patches.float(), tok[:, :, :1].float(), dim=-1)
             maps[m][key] = sim.view(*sim.shape[:2], gh, gw)
     return maps
@@ -136,11 +136,11 @@ def write_int_maps(model: EI, inputs: dict[str, torch.Tensor], out_dir: str | os
                 continue
             branch = model.primary[m]
             x = inputs[m][i: i + 1]
-            if branch.is_volume:
+            if branch.encoder.layout.volume:
                 x = x.transpose(1, 2)
-            slices = x.reshape(branch.num_slices, branch.slice_chans, *x.shape[-2:]).float().cpu().numpy()
+            slices = x.reshape(branch.encoder.layout.k, branch.encoder.layout.chans, *x.shape[-2:]).float().cpu().numpy()
             panel = render_int_overlay(slices, maps[m]["without_int"][i], maps[m]["with_int"][i],
-                                       branch.vfm.patch_size, alpha)
+                                       branch.encoder.vit.patch_size, alpha)
             path = out_dir / f"{cid}_{m}.png"
             atomic_write_bytes(path, _png(panel))
             written.append(path)

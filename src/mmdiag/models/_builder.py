@@ -13,8 +13,9 @@ from torch import nn
 from mmdiag.data.schema import DatasetSpec
 from mmdiag.errors import ConfigError
 from mmdiag.io.checkpoint import load_checkpoint
-from mmdiag.models._factory import check_options, is_multimodal
+from mmdiag.models._registry import check_options, is_multimodal, model_options
 from mmdiag.models.contract import MultimodalModel
+from mmdiag.models.nets.single_image import SingleImageClassifier, image_model_options
 from mmdiag.registry import MODELS
 
 __all__ = ["build_model", "build_for_dataset"]
@@ -72,9 +73,8 @@ def build_for_dataset(spec: DatasetSpec, name: str, options: dict[str, Any] | No
     if is_multimodal(name):
         return build_model(name, {**options, "spec": spec}, checkpoint=checkpoint, peft=peft,
                            peft_options=peft_options, where="model.options", pretrained=pretrained)
-    from mmdiag.models.nets.single_image import SingleImageClassifier
-
-    model = SingleImageClassifier(spec, name, **options)
+    modality, net_options = image_model_options(spec, name, options, "in_chans" in model_options(name))
+    model = SingleImageClassifier(spec, build_model(name, net_options, where="model.options"), modality)
     if checkpoint is not None:
         load_checkpoint(model.net, checkpoint)
     if peft is not None:

@@ -7,26 +7,30 @@ Two kinds of model exist, and the registry records which one a name builds (``re
 VMamba, Swin, PENet). Built with ``num_classes`` (``0`` = no head) and ``in_chans``; they provide
 ``num_features``, ``forward_features(x)``, ``forward_head(x, pre_logits=False)``, ``forward(x)``,
 ``reset_classifier(n)``, ``classifier_name`` (the head's state-dict prefix), ``output_fmt`` (layout of
-``forward_features``: ``"NCHW"``/``"NCDHW"`` maps, ``"NHWC"`` channels-last maps, ``"NLC"`` tokens) and, for those that
-feed pyramids or fusion, ``forward_intermediates(x, indices)`` → per-stage maps, channels first. They may define a
+``forward_features``: ``"NCHW"``/``"NCDHW"`` maps, ``"NHWC"`` channels-last maps, ``"NLC"`` tokens), ``explain_layer`` /
+``explain_fmt`` (the module whose output map Grad-CAM reads, and its layout) and, for those that feed pyramids or
+fusion, ``forward_intermediates(x, indices)`` → per-stage maps, channels first. They may define a
 static ``checkpoint_filter_fn(state_dict, model)`` that converts official layouts. :class:`ImageModel` writes this
 down as a Protocol.
 
 **Multimodal models** (``register_multimodal``): subclasses of :class:`MultimodalModel`, built from a
 :class:`~mmdiag.data.schema.DatasetSpec` plus typed keyword options. An image model used on a dataset is wrapped by
-:class:`~mmdiag.models.nets.baselines.SingleImageClassifier`, so the rest of the package only ever sees the
+:class:`~mmdiag.models.nets.single_image.SingleImageClassifier`, so the rest of the package only ever sees the
 multimodal contract.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import torch
 from torch import nn
 
 from mmdiag.data.schema import DatasetSpec
+
+if TYPE_CHECKING:
+    from mmdiag.models.peft.inject import PeftConfig
 
 __all__ = ["MultimodalModel", "ImageModel", "Inputs", "Present", "ModelOutput"]
 
@@ -47,6 +51,8 @@ class ImageModel(Protocol):
     num_features: int
     output_fmt: str
     classifier_name: str
+    explain_layer: str
+    explain_fmt: str
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor: ...
 
@@ -70,9 +76,12 @@ class MultimodalModel(nn.Module):
         explain_layers: per image/volume modality, the dotted name of the module whose output map Grad-CAM reads
             (empty when the model has no spatial map for it).
         output_fmts: layout of those modules' outputs where it is not channels first (``"NHWC"``, ``"NLC"``).
+        peft_config: the PEFT config the model applied to its own encoders (``None``: none, or applied from outside
+            by :func:`~mmdiag.models.peft.apply_peft`, which sets it).
     """
 
-    classifier_name: ClassVar[str] = "heads"
+    classifier_name: str = "heads"
+    peft_config: PeftConfig | None = None
 
     def __init__(self, spec: DatasetSpec, modalities: Sequence[str]):
         super().__init__()

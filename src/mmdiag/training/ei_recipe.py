@@ -1,7 +1,7 @@
 """EI's two-stage training protocol (paper 003 §4.1) as one recipe, ``recipe: ei_two_stage``.
 
 Stage 1 pre-adapts one VFM per image modality on that modality alone (``ei_unimodal``: frozen base, MoR adapters and
-heads); stage 2 trains :class:`~mmdiag.models.fusion.ei.EI` with both VFMs of every modality initialised from the
+heads); stage 2 trains :class:`~mmdiag.models.nets.ei.EI` with both VFMs of every modality initialised from the
 stage-1 run (``model.options.init_runs``). Every stage is an ordinary :func:`~mmdiag.training.run.train` run with the
 experiment's data, optimiser, schedule and trainer settings, in its own sub-folder::
 
@@ -29,7 +29,7 @@ from mmdiag.config.schema import ExperimentConfig
 from mmdiag.data.sources import load_table
 from mmdiag.errors import ConfigError
 from mmdiag.io.atomic import atomic_write_text
-from mmdiag.models.fusion.ei import VFM_OPTIONS
+from mmdiag.models.nets.ei import VFM_OPTIONS
 from mmdiag.registry import RECIPES
 from mmdiag.training.run import RunResult, train
 

@@ -19,7 +19,7 @@ How models see a plane: a 2D image modality whose channels are the slices in asc
 repeated ``slice_channels`` times — with the default 3, channels ``3j..3j+2`` are slice ``j`` as RGB, so a batch is
 ``(B, 3 * num_slices, H, W)``. EI's per-view ViT reshapes it to ``(B * num_slices, 3, H, W)``, runs the slices
 separately and pools them (max over slice logits in the single-modal model and EI's auxiliary branch, mean over
-slice tokens in EI's primary branch; see ``mmdiag.models.fusion.vfm_encoder``). A 2D CNN simply takes the stack as
+slice tokens in EI's primary branch; see ``mmdiag.models.backbones.vfm``). A 2D CNN simply takes the stack as
 input channels; ``slice_channels=1`` gives the compact ``(B, num_slices, H, W)`` stack for that use.
 
 Tasks: ``label_format="multilabel"`` (default, EI's protocol) gives one multi-label task ``findings`` with labels

@@ -236,6 +236,8 @@ class MedMamba(nn.Module):
     """
 
     classifier_name = "head"
+    output_fmt = "NCHW"
+    explain_fmt = "NHWC"
 
     def __init__(
         self,
@@ -287,6 +289,7 @@ class MedMamba(nn.Module):
             )
             for i in range(len(depths))
         )
+        self.explain_layer = f"layers.{len(depths) - 1}"
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         self.apply(_init_weights)
         for m in self.modules():

@@ -40,6 +40,7 @@ from mmdiag.errors import CheckpointError, ConfigError
 from mmdiag.models._factory import register_model
 from mmdiag.models.layers.attention import Attention
 from mmdiag.models.layers.drop import DropPath
+from mmdiag.models.layers.input_norm import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from mmdiag.models.layers.mlp import Mlp, get_act_layer
 from mmdiag.models.layers.patch_embed import PatchEmbed
 
@@ -49,8 +50,6 @@ _log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 class LayerScale(nn.Module):
@@ -166,6 +165,8 @@ class VisionTransformer(nn.Module):
     """
 
     classifier_name = "head"
+    output_fmt = explain_fmt = "NLC"
+    explain_layer = "norm"
 
     def __init__(self, img_size: int = 224, patch_size: int = 16, in_chans: int = 3, num_classes: int = 0,
                  embed_dim: int = 768, depth: int = 12, num_heads: int = 12, mlp_ratio: float = 4.0,

@@ -1,4 +1,5 @@
-"""Multi-head self-attention over token sequences ``(B, L, C)`` with a fused ``qkv`` projection."""
+"""Multi-head attention over token sequences ``(B, L, C)`` with a fused ``qkv`` projection: self-attention, and
+cross-attention (queries from one sequence, keys/values from another) with the same weights layout."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmdiag.errors import ConfigError
+from mmdiag.models.layers.mlp import Mlp
+from mmdiag.models.layers.presence import open_empty_rows
 
-__all__ = ["Attention"]
+__all__ = ["Attention", "CrossAttentionBlock", "key_padding_to_mask"]
 
 
 class Attention(nn.Module):
@@ -43,18 +46,73 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim, bias=proj_bias)
         self.proj_drop = nn.Dropout(proj_drop)
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Attend every token to every token.
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None,
+                context: torch.Tensor | None = None) -> torch.Tensor:
+        """Attend every token of ``x`` to every token of ``x`` (or of ``context``).
 
         Args:
-            x: tokens ``(B, L, C)``.
-            attn_mask: optional boolean (``True`` = may attend) or additive mask broadcastable to ``(B, H, L, L)``.
+            x: query tokens ``(B, L, C)``.
+            attn_mask: optional boolean (``True`` = may attend) or additive mask broadcastable to ``(B, H, L, S)``.
+            context: key/value tokens ``(B, S, C)`` for cross-attention; ``None`` = self-attention. The projection
+                is the same ``qkv`` module (so PEFT wrappers apply), its ``q`` rows on ``x`` and ``k, v`` rows on
+                ``context``.
 
         Returns:
             ``(B, L, C)``.
         """
         b, n, c = x.shape
-        q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        if context is None:
+            q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        else:
+            s = context.shape[1]
+            q = self.qkv(x)[..., :c].reshape(b, n, self.num_heads, self.head_dim).transpose(1, 2)
+            kv = self.qkv(context)[..., c:].reshape(b, s, 2, self.num_heads, self.head_dim)
+            k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)
         x = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
                                            dropout_p=self.attn_drop if self.training else 0.0)
         return self.proj_drop(self.proj(x.transpose(1, 2).reshape(b, n, c)))
+
+
+def key_padding_to_mask(pad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A key-padding mask ``(B, S)`` (``True`` = ignore) as an attention mask ``(B, 1, 1, S)`` (``True`` = may attend)
+    and the ``(B,)`` rows that have no key at all (their attention is opened to keep it finite; zero their update)."""
+    return ~open_empty_rows(pad)[:, None, None, :], pad.all(1)
+
+
+class CrossAttentionBlock(nn.Module):
+    """Pre-norm cross-attention of query tokens to context tokens, then an MLP, both residual (the fusion block of
+    ``middle_fusion`` and MMRAD's decoder).
+
+    A query row whose context is entirely padded (no other modality present) gets no attention update.
+
+    Args:
+        dim: token width.
+        num_heads: attention heads.
+        mlp_dim: MLP hidden width.
+    """
+
+    def __init__(self, dim: int, num_heads: int = 8, mlp_dim: int = 2048):
+        super().__init__()
+        self.norm_q = nn.LayerNorm(dim)
+        self.norm_kv = nn.LayerNorm(dim)
+        self.attn = Attention(dim, num_heads)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, mlp_dim)
+
+    def forward(self, q: torch.Tensor, kv: torch.Tensor, pad: torch.Tensor | None = None) -> torch.Tensor:
+        """Queries ``(B, Q, D)`` attend to ``kv`` ``(B, L, D)`` (``pad`` ``(B, L)`` True = ignore) → ``(B, Q, D)``."""
+        mask, empty = (None, None) if pad is None else key_padding_to_mask(pad)
+        update = self.attn(self.norm_q(q), mask, context=self.norm_kv(kv))
+        if empty is not None:
+            update = update * (~empty).to(update.dtype)[:, None, None]
+        q = q + update
+        return q + self.mlp(self.norm2(q))
+
+    @staticmethod
+    def convert_multihead_state(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+        """Rename an ``nn.MultiheadAttention`` at ``prefix`` (earlier mmdiag versions) to :class:`Attention` names
+        (same ``[q; k; v]`` packing)."""
+        names = {"in_proj_weight": "qkv.weight", "in_proj_bias": "qkv.bias", "out_proj.weight": "proj.weight",
+                 "out_proj.bias": "proj.bias"}
+        return {(prefix + names[k[len(prefix):]] if k.startswith(prefix) and k[len(prefix):] in names else k): v
+                for k, v in state.items()}

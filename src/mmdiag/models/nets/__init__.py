@@ -1,1 +1,1 @@
-"""models/nets"""
+"""models/nets: whole systems built from a dataset spec (the model contract's multimodal side)."""

@@ -32,26 +32,29 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import nn
 
-from mmdiag.data.schema import DatasetSpec, ImageModality, VolumeModality
+from mmdiag.data.schema import DatasetSpec
 from mmdiag.errors import ConfigError
 from mmdiag.io.checkpoint import load_checkpoint
-from mmdiag.models._factory import create_model, register_multimodal
-from mmdiag.models.backbones.vit import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, VisionTransformer
+from mmdiag.models._factory import register_multimodal
+from mmdiag.models.backbones.vfm import DEFAULT_VFM, VFMEncoder
+from mmdiag.models.contract import MultimodalModel
+from mmdiag.models.fusion.intervention import INTAdapter
 from mmdiag.models.layers.heads import TaskHeads
-from mmdiag.models.peft import apply_peft
-from mmdiag.models.peft.inject import build_peft_config
+from mmdiag.models.layers.input_norm import InputNormMode
+from mmdiag.models.layers.presence import presence_groups, presence_mask
 from mmdiag.models.outputs import AUX_KEY, AUX_LOSS_KEY
-from mmdiag.models.layers.presence import presence_mask
+from mmdiag.models.peft.inject import build_peft_config
 
-__all__ = ["UnimodalVFM", "INTAdapter", "EI", "EIBranches", "VFM_OPTIONS"]
+__all__ = ["UnimodalVFM", "EI", "EIBranches", "VFM_OPTIONS"]
 
 _log = logging.getLogger(__name__)
 
@@ -60,7 +63,7 @@ VFM_OPTIONS = ("vfm", "vfm_checkpoint", "vfm_peft", "vfm_peft_options", "vfm_opt
 """Options shared by :class:`EI` and its unimodal pre-adaptation model (``ei_unimodal``); a stage-1 run built with the
 same values has exactly the state-dict layout of an EI branch."""
 
-InputNorm = Literal["clip", "vfm", "none"]
+_OLD_VFM_KEY = re.compile(r"(^|\.)vfm\.")
 
 
 def _keep_rows(logits: dict[str, torch.Tensor], keep: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -68,55 +71,17 @@ def _keep_rows(logits: dict[str, torch.Tensor], keep: torch.Tensor) -> dict[str,
     return {t: torch.where(keep[:, None], z, torch.zeros_like(z)) for t, z in logits.items()}
 
 
-def _slice_layout(name: str, modality: ImageModality | VolumeModality, slices: int | None) -> tuple[int, int]:
-    """``(number of slices k, channels per slice)`` of a modality (see the module docstring).
-
-    Raises:
-        ConfigError: the channels cannot be split into ``k`` slices of 1 or 3 channels.
-    """
-    if isinstance(modality, VolumeModality):
-        if modality.channels not in (1, 3) or slices not in (None, modality.size[0]):
-            raise ConfigError(f"EI reads volume modality {name!r} as {modality.size[0]} slices of {modality.channels} "
-                              f"channel(s); it needs 1 or 3 channels per slice and model.options.slices.{name} unset "
-                              f"(got {slices})")
-        return modality.size[0], modality.channels
-    c = modality.channels
-    k = slices if slices is not None else (c // 3 if c % 3 == 0 else c)
-    if k < 1 or c % k or c // k not in (1, 3):
-        raise ConfigError(f"model.options.slices.{name}={k}: image modality {name!r} has {c} channels, which do not "
-                          f"split into {k} slices of 1 (grey) or 3 (RGB) channels; use a divisor k of {c} with "
-                          f"{c}/k in (1, 3)")
-    return k, c // k
+def _rename_old_vfm_keys(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Runs written before the VFM wrapper was shared kept each branch's ViT under ``vfm.``; it is ``encoder.vit.``."""
+    return {_OLD_VFM_KEY.sub(r"\1encoder.vit.", k): v for k, v in state.items()}
 
 
-def _warn_random_base(options: Mapping[str, Any], modalities: list[str]) -> None:
-    if modalities and options.get("vfm_checkpoint") is None:
+def _warn_random_base(vfm_checkpoint: str | os.PathLike | None, modalities: list[str]) -> None:
+    if modalities and vfm_checkpoint is None:
         _log.warning("no model.options.vfm_checkpoint: the VFM base weights of %s stay random", modalities)
 
 
-def _build_vfm(vfm: str, size: tuple[int, ...], checkpoint: str | os.PathLike | None, peft: str,
-               peft_options: Mapping[str, Any], options: Mapping[str, Any]) -> VisionTransformer:
-    """A headless VFM (frozen base + ``peft`` adapters) able to read ``size`` inputs; base weights from ``checkpoint``.
-
-    Fixed-size VFMs (CLIP) are built with ``img_size`` = the input side, so their position table is resized once at
-    load, as EI does; DINOv2 resamples its table at run time.
-    """
-    kwargs = {**options, "num_classes": 0, "in_chans": 3}
-    with torch.device("meta"):
-        probe = create_model(vfm, **kwargs)
-    if not isinstance(probe, VisionTransformer):
-        raise ConfigError(f"model.options.vfm={vfm!r} is a {type(probe).__name__}; EI needs a ViT foundation model "
-                          "(dinov2_vits14, dinov2_vitb14, dinov2_vits14_reg, dinov2_vitb14_reg, clip_vit_b16)")
-    if not probe.dynamic_img_size and "img_size" not in kwargs:
-        if size[-1] != size[-2]:
-            raise ConfigError(f"{vfm} has a fixed-size position table and needs square inputs; got {size[-2]}x"
-                              f"{size[-1]} (resize the modality or use a DINOv2 VFM)")
-        kwargs["img_size"] = size[-1]
-    model = create_model(vfm, checkpoint=checkpoint, **kwargs)
-    return apply_peft(model, peft, **{"modules_to_save": [], **peft_options})
-
-
-class UnimodalVFM(nn.Module):
+class UnimodalVFM(MultimodalModel):
     """One modality's VFM with PEFT adapters and task heads: EI's unimodal pre-adaptation model (§4.1) and each
     auxiliary / primary branch of :class:`EI`.
 
@@ -129,8 +94,8 @@ class UnimodalVFM(nn.Module):
         spec: the dataset spec (tasks, and the modality's channels/size).
         modality: the image (or volume) modality read.
         vfm: registered ViT name (``dinov2_vitb14_reg`` as in EI's code, ``clip_vit_b16``, ``dinov2_vits14``...).
-        vfm_checkpoint: local file with the VFM's published weights (any layout ``vit.py`` converts); ``None`` keeps
-            the random initialisation (tests, or when weights are loaded afterwards).
+        vfm_checkpoint: local file with the VFM's published weights (any layout ``vit.py`` converts), loaded by
+            :meth:`load_pretrained`; ``None`` keeps the random initialisation.
         vfm_peft: PEFT method of :mod:`mmdiag.models.peft` (``mor`` default; ``lp`` = frozen VFM, ``lora``...).
         vfm_peft_options: options of that method (``r``, ``alpha``, ``target_modules``...).
         vfm_options: further options of the VFM constructor (``act_layer="gelu"`` for EI's CLIP, ``drop_path_rate``).
@@ -144,125 +109,64 @@ class UnimodalVFM(nn.Module):
             not fit the channels; or ``input_norm`` other than ``none`` while the spec already normalises.
     """
 
-    def __init__(self, spec: DatasetSpec, modality: str, vfm: str = "dinov2_vitb14_reg",
+    def __init__(self, spec: DatasetSpec, modality: str, vfm: str = DEFAULT_VFM,
                  vfm_checkpoint: str | os.PathLike | None = None, vfm_peft: str = "mor",
                  vfm_peft_options: Mapping[str, Any] | None = None, vfm_options: Mapping[str, Any] | None = None,
-                 input_norm: InputNorm = "clip", slices: Mapping[str, int] | None = None):
-        super().__init__()
+                 input_norm: InputNormMode = "clip", slices: Mapping[str, int] | None = None):
         if modality not in spec.modalities:
             raise ConfigError(f"model.options.modality={modality!r}; the dataset has {list(spec.modalities)}")
-        mod = spec.modalities[modality]
-        if not isinstance(mod, (ImageModality, VolumeModality)):
-            raise ConfigError(f"EI's VFMs read images; modality {modality!r} is {mod.kind} (choose image modalities "
-                              "with data.modalities)")
-        if input_norm not in ("clip", "vfm", "none"):
-            raise ConfigError(f"model.options.input_norm={input_norm!r}; choose 'clip', 'vfm' or 'none'")
-        if input_norm != "none" and getattr(mod, "mean", None) is not None:
-            raise ConfigError(f"modality {modality!r} is already normalised by the dataset spec (mean={mod.mean}); "
-                              "set model.options.input_norm=none or remove the spec's mean/std")
         unknown = sorted(set(slices or {}) - set(spec.modalities))
         if unknown:
             raise ConfigError(f"model.options.slices names {unknown}; modalities: {list(spec.modalities)}")
-        self.modality, self.is_volume = modality, isinstance(mod, VolumeModality)
-        self.num_slices, self.slice_chans = _slice_layout(modality, mod, (slices or {}).get(modality))
-        self.vfm = _build_vfm(vfm, mod.size, vfm_checkpoint, vfm_peft, dict(vfm_peft_options or {}),
-                              dict(vfm_options or {}))
-        self.num_features = self.vfm.num_features
-        self.tasks = dict(spec.tasks)
-        self.heads = TaskHeads(self.num_features, self.tasks)
+        super().__init__(spec, [modality])
+        self.modality = modality
+        self.encoder = VFMEncoder(vfm, spec.modalities[modality], modality, vfm_peft, dict(vfm_peft_options or {}),
+                                  dict(vfm_options or {}), input_norm=input_norm,
+                                  slices=(slices or {}).get(modality))
+        self.vfm_checkpoint = vfm_checkpoint
+        self.num_features = self.encoder.num_features
+        self.heads = TaskHeads(self.num_features, spec.tasks)
         self.peft_config = build_peft_config(vfm_peft, {**(vfm_peft_options or {}), "modules_to_save": ["heads"]})
-        stats = {"clip": (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD), "none": ((0.0,) * 3, (1.0,) * 3),
-                 "vfm": (self.vfm.pretrained_cfg.get("mean"), self.vfm.pretrained_cfg.get("std"))}[input_norm]
-        self.register_buffer("mean", torch.tensor(stats[0]).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(stats[1]).view(1, 3, 1, 1), persistent=False)
+
+    def load_pretrained(self) -> None:
+        """Load ``vfm_checkpoint`` into the VFM's base layers."""
+        _warn_random_base(self.vfm_checkpoint, [self.modality])
+        if self.vfm_checkpoint is not None:
+            self.encoder.load_base(self.vfm_checkpoint)
+
+    @staticmethod
+    def checkpoint_filter_fn(state_dict: Mapping[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+        """Earlier runs' key names (``vfm.`` → ``encoder.vit.``)."""
+        return _rename_old_vfm_keys(state_dict)
 
     @property
     def depth(self) -> int:
         """Number of transformer blocks ``L``."""
-        return len(self.vfm.blocks)
+        return self.encoder.depth
 
     def reset_heads(self) -> None:
         """Fresh task heads (EI re-creates the primary branch's classifier after loading the unimodal weights)."""
-        self.heads = TaskHeads(self.num_features, self.tasks).to(self.mean.device)
-
-    def grid(self, x: torch.Tensor) -> tuple[int, int]:
-        """Patch grid ``(gh, gw)`` of an input batch (after zero padding to the patch multiple)."""
-        p = self.vfm.patch_size
-        return -(-x.shape[-2] // p), -(-x.shape[-1] // p)
-
-    def to_slices(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, C, H, W)`` image or ``(B, c, D, H, W)`` volume -> normalised RGB slices ``(B * k, 3, H, W)``."""
-        b, k, c = x.shape[0], self.num_slices, self.slice_chans
-        if self.is_volume:
-            x = x.transpose(1, 2)
-        x = x.reshape(b * k, c, *x.shape[-2:])
-        if c == 1:
-            x = x.expand(-1, 3, -1, -1)
-        return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+        self.heads = TaskHeads(self.num_features, self.spec.tasks).to(self.encoder.input_norm.mean.device)
 
     def encode(self, x: torch.Tensor, extra: torch.Tensor | None = None, insert_at: int = 0,
                capture: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Final-normalised tokens of every slice, with optional extra tokens attending from block ``insert_at`` on.
-
-        Args:
-            x: the modality's batch (see :meth:`to_slices`).
-            extra: ``(B, E, C)`` tokens appended after the patch tokens (no position embedding) before block
-                ``insert_at``, shared by the ``k`` slices of a case.
-            insert_at: 0-based block index (0 = the input of the first block).
-            capture: also return the [CLS] after block ``capture`` (1-based), passed through the final norm.
-
-        Returns:
-            ``(tokens (B, k, L, C), captured (B, k, C) or None)``; ``L`` counts [CLS], registers and patches, the extra
-            tokens are dropped from the output.
-        """
-        b, k = x.shape[0], self.num_slices
-        z = self.vfm.embed(self.to_slices(x))
-        n = z.shape[1]
-        if extra is not None:
-            extra = extra.to(z.dtype).repeat_interleave(k, dim=0)
-        captured = None
-        for i, blk in enumerate(self.vfm.blocks):
-            if extra is not None and i == insert_at:
-                z = torch.cat([z, extra], dim=1)
-            z = blk(z)
-            if capture == i + 1:
-                captured = self.vfm.norm(z[:, 0]).view(b, k, -1)
-        z = self.vfm.norm(z)[:, :n]
-        return z.view(b, k, n, -1), captured
+        """Per-slice final tokens (and an optional captured [CLS]); see :meth:`VFMEncoder.encode`."""
+        return self.encoder.encode(x, extra, insert_at, capture)
 
     def slice_logits(self, cls: torch.Tensor) -> dict[str, torch.Tensor]:
         """Task logits of per-slice [CLS] features ``(B, k, C)``, max-pooled over the slices."""
         b, k = cls.shape[:2]
         return {t: z.view(b, k, -1).amax(dim=1) for t, z in self.heads(cls.flatten(0, 1)).items()}
 
+    def forward_features(self, inputs: dict[str, torch.Tensor], present=None) -> torch.Tensor:
+        """The final [CLS] per slice, max-pooled over the slices ``(B, C)`` (the vector t-SNE shows)."""
+        return self.encode(inputs[self.modality])[0][:, :, 0].amax(dim=1)
+
     def forward(self, inputs: dict[str, torch.Tensor], present: dict[str, torch.Tensor] | None = None
                 ) -> dict[str, torch.Tensor]:
         x = inputs[self.modality]
         logits = self.slice_logits(self.encode(x)[0][:, :, 0])
         return _keep_rows(logits, presence_mask(present, self.modality, x))
-
-
-class INTAdapter(nn.Module):
-    """[INT] token adapter (EI §3.1, Eq. 1): a two-layer MLP from a reference [CLS] to an intervention token.
-
-    ``LayerNorm(C) -> Linear(C, C/2) -> GELU -> Linear(C/2, C)`` with PyTorch's default init, no dropout.
-
-    Deviation: the paper says only "a two-layer MLP"; the input LayerNorm (eps 1e-6) and the halved hidden width are
-    the authors' code.
-
-    Args:
-        dim: token width ``C``.
-    """
-
-    def __init__(self, dim: int):
-        super().__init__()
-        self.norm = nn.LayerNorm(dim, eps=1e-6)
-        self.fc1 = nn.Linear(dim, dim // 2)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(dim // 2, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(self.norm(x))))
 
 
 @dataclass
@@ -283,7 +187,7 @@ class EIBranches:
     tokens: dict[str, torch.Tensor]
 
 
-class EI(nn.Module):
+class EI(MultimodalModel):
     """Early Intervention (EI, paper 003 §3): auxiliary and primary VFMs per modality, [INT] tokens, gated late fusion.
 
     Deviation (authors' code): the [INT] tokens are appended after the patch tokens with no position
@@ -306,8 +210,10 @@ class EI(nn.Module):
         detach_fusion: stop gradients into the fusion as the authors' code does (see Deviation).
         init_runs: per modality, a unimodal ``ei_unimodal`` run folder (or its ``model.safetensors``) built with the
             same VFM options: both of the modality's VFMs start from its adapted weights and the auxiliary branch also
-            keeps its heads; the primary heads start fresh (§4.1; the authors' code).
-        **vfm_kwargs: :data:`VFM_OPTIONS`, see :class:`UnimodalVFM`.
+            keeps its heads; the primary heads start fresh (§4.1; the authors' code). Read by
+            :meth:`load_pretrained`, not by the constructor.
+        vfm, vfm_checkpoint, vfm_peft, vfm_peft_options, vfm_options, input_norm, slices: :data:`VFM_OPTIONS`, see
+            :class:`UnimodalVFM`.
 
     Raises:
         ConfigError: fewer than two image modalities, a non-image modality, a layer out of range, an unknown
@@ -318,30 +224,28 @@ class EI(nn.Module):
     def __init__(self, spec: DatasetSpec, int_layer: int = 0, int_source_layer: int | None = None,
                  primary_weight: float = 1.0, aux_weight: float = 0.3, gate_weight: float = 0.1,
                  prior_modality: str | None = None, detach_fusion: bool = True,
-                 init_runs: Mapping[str, str | os.PathLike] | None = None, **vfm_kwargs: Any):
-        super().__init__()
-        self.modalities = list(spec.modalities)
-        other = [m for m, v in spec.modalities.items() if not isinstance(v, (ImageModality, VolumeModality))]
-        if other or len(self.modalities) < 2:
-            images = [m for m in self.modalities if m not in other]
+                 init_runs: Mapping[str, str | os.PathLike] | None = None, vfm: str = DEFAULT_VFM,
+                 vfm_checkpoint: str | os.PathLike | None = None, vfm_peft: str = "mor",
+                 vfm_peft_options: Mapping[str, Any] | None = None, vfm_options: Mapping[str, Any] | None = None,
+                 input_norm: InputNormMode = "clip", slices: Mapping[str, int] | None = None):
+        modalities = list(spec.modalities)
+        other = [m for m, v in spec.modalities.items() if v.kind == "tabular"]
+        if other or len(modalities) < 2:
+            images = [m for m in modalities if m not in other]
             raise ConfigError(f"EI fuses two or more image modalities; dataset {spec.name!r} has images {images} and "
                               f"other modalities {other}: choose the images with data.modalities (one modality: use "
                               "model.name=ei_unimodal)")
         for key, value in (("prior_modality", prior_modality), *(("init_runs", m) for m in init_runs or {})):
-            if value is not None and value not in self.modalities:
-                raise ConfigError(f"model.options.{key} names {value!r}; modalities: {self.modalities}")
-        unknown = sorted(set(vfm_kwargs) - set(VFM_OPTIONS))
-        if unknown:
-            raise ConfigError(f"model.options {unknown} are not EI options; VFM options: {list(VFM_OPTIONS)}")
-        init_runs = dict(init_runs or {})
-        _warn_random_base(vfm_kwargs, [m for m in self.modalities if m not in init_runs])
+            if value is not None and value not in modalities:
+                raise ConfigError(f"model.options.{key} names {value!r}; modalities: {modalities}")
+        super().__init__(spec, modalities)
+        self.init_runs = dict(init_runs or {})
+        self.vfm_checkpoint = vfm_checkpoint
+        branch = {"vfm": vfm, "vfm_peft": vfm_peft, "vfm_peft_options": vfm_peft_options, "vfm_options": vfm_options,
+                  "input_norm": input_norm, "slices": slices}
         self.tasks = dict(spec.tasks)
-        self.aux = nn.ModuleDict()
-        self.primary = nn.ModuleDict()
-        for m in self.modalities:
-            kw = {**vfm_kwargs, "vfm_checkpoint": None if m in init_runs else vfm_kwargs.get("vfm_checkpoint")}
-            self.aux[m] = UnimodalVFM(spec, m, **kw)
-            self.primary[m] = UnimodalVFM(spec, m, **kw)
+        self.aux = nn.ModuleDict({m: UnimodalVFM(spec, m, **branch) for m in self.modalities})
+        self.primary = nn.ModuleDict({m: UnimodalVFM(spec, m, **branch) for m in self.modalities})
         depth, dim = self.aux[self.modalities[0]].depth, self.aux[self.modalities[0]].num_features
         if not 0 <= int_layer < depth:
             raise ConfigError(f"model.options.int_layer={int_layer}: the VFM has blocks 0..{depth - 1}")
@@ -352,14 +256,27 @@ class EI(nn.Module):
         self.int_adapters = nn.ModuleDict({t: nn.ModuleDict({r: INTAdapter(dim) for r in self.modalities if r != t})
                                            for t in self.modalities})
         self.gate = nn.Linear(dim * len(self.modalities), len(self.modalities))
-        self.num_features = dim
+        self.num_features = dim * len(self.modalities)
         self.primary_weight, self.aux_weight, self.gate_weight = primary_weight, aux_weight, gate_weight
         self.prior_modality, self.detach_fusion = prior_modality, detach_fusion
         heads = [f"{b}.{m}.heads" for b in ("aux", "primary") for m in self.modalities]
-        self.peft_config = build_peft_config(vfm_kwargs.get("vfm_peft", "mor"), {
-            **(vfm_kwargs.get("vfm_peft_options") or {}), "modules_to_save": ["int_adapters", "gate", *heads]})
-        for m, path in init_runs.items():
-            self.load_unimodal(m, path)
+        self.peft_config = build_peft_config(vfm_peft, {
+            **(vfm_peft_options or {}), "modules_to_save": ["int_adapters", "gate", *heads]})
+
+    def load_pretrained(self) -> None:
+        """Initialise each modality's VFMs from its stage-1 run (``init_runs``), else from ``vfm_checkpoint``."""
+        _warn_random_base(self.vfm_checkpoint, [m for m in self.modalities if m not in self.init_runs])
+        for m in self.modalities:
+            if m in self.init_runs:
+                self.load_unimodal(m, self.init_runs[m])
+            elif self.vfm_checkpoint is not None:
+                self.aux[m].encoder.load_base(self.vfm_checkpoint)
+                self.primary[m].encoder.load_base(self.vfm_checkpoint)
+
+    @staticmethod
+    def checkpoint_filter_fn(state_dict: Mapping[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+        """Earlier runs' key names (``vfm.`` → ``encoder.vit.``)."""
+        return _rename_old_vfm_keys(state_dict)
 
     def load_unimodal(self, modality: str, path: str | os.PathLike) -> None:
         """Initialise both VFMs of ``modality`` from a unimodal run (folder or ``model.safetensors``), strictly; the
@@ -382,10 +299,8 @@ class EI(nn.Module):
         branch = self.primary[t]
         if ints is None or bool(ref_present.all()):
             return branch.encode(x, ints, self.int_layer)[0]
-        patterns, inverse = torch.unique(ref_present.to(torch.uint8), dim=0, return_inverse=True)
         rows, parts = [], []
-        for i, pattern in enumerate(patterns.bool()):
-            idx = (inverse == i).nonzero(as_tuple=True)[0]
+        for pattern, idx in presence_groups(ref_present):
             extra = ints[idx][:, pattern] if bool(pattern.any()) else None
             parts.append(branch.encode(x[idx], extra, self.int_layer)[0])
             rows.append(idx)
@@ -409,13 +324,33 @@ class EI(nn.Module):
             tokens[t] = self._encode_target(t, inputs[t], ints, torch.stack([pres[r] for r in refs], dim=1))
         return EIBranches(pres, aux_logits, source, tokens)
 
+    def _primary_cls(self, br: EIBranches) -> dict[str, torch.Tensor]:
+        """Each primary VFM's final [CLS], mean over slices."""
+        return {m: br.tokens[m][:, :, 0].mean(dim=1) for m in self.modalities}
+
+    def _gate_input(self, br: EIBranches, cls: dict[str, torch.Tensor]) -> torch.Tensor:
+        return torch.cat([cls[m] * br.present[m][:, None] for m in self.modalities], dim=1)
+
+    def forward_features(self, inputs: dict[str, torch.Tensor], present: dict[str, torch.Tensor] | None = None
+                         ) -> torch.Tensor:
+        """The gate's input: every primary [CLS] (zero where the modality is missing), concatenated in
+        ``modalities`` order, ``(B, M * C)``. EI fuses logits, not features: :meth:`forward` is the model."""
+        br = self.forward_branches(inputs, present)
+        return self._gate_input(br, self._primary_cls(br))
+
+    def forward_head(self, features: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """``pre_logits`` only: EI's logits are a gated sum of per-modality logits that needs presence (``forward``)."""
+        if not pre_logits:
+            raise NotImplementedError("EI fuses per-modality logits with presence; call the model (forward)")
+        return features
+
     def forward(self, inputs: dict[str, torch.Tensor], present: dict[str, torch.Tensor] | None = None
                 ) -> dict[str, Any]:
         br = self.forward_branches(inputs, present)
         keep = torch.stack([br.present[m] for m in self.modalities], dim=1)  # (B, M)
-        cls = {m: br.tokens[m][:, :, 0].mean(dim=1) for m in self.modalities}  # mean over slices
+        cls = self._primary_cls(br)
         primary = {m: self.primary[m].heads(cls[m]) for m in self.modalities}
-        gate_in = torch.cat([cls[m] * br.present[m][:, None] for m in self.modalities], dim=1)
+        gate_in = self._gate_input(br, cls)
         gate_logits = self.gate(gate_in.detach() if self.detach_fusion else gate_in)
         masked = gate_logits.masked_fill(~keep, float("-inf"))
         masked = torch.where(keep.any(dim=1, keepdim=True), masked, torch.zeros_like(masked))
@@ -444,7 +379,7 @@ class EI(nn.Module):
         return nll.sum() / rows.sum().clamp_min(1)
 
 
-@register_multimodal(options=(EI, UnimodalVFM))
+@register_multimodal(options=EI)
 def ei(spec: DatasetSpec, **kwargs: Any) -> EI:
     """EI (paper 003): [INT] tokens from auxiliary VFMs steer each primary VFM; gated late fusion; MoR adapters."""
     return EI(spec, **kwargs)
@@ -453,5 +388,4 @@ def ei(spec: DatasetSpec, **kwargs: Any) -> EI:
 @register_multimodal(options=UnimodalVFM)
 def ei_unimodal(spec: DatasetSpec, modality: str, **kwargs: Any) -> UnimodalVFM:
     """EI stage 1: one modality's VFM with PEFT (MoR) and task heads, slices max-pooled (unimodal pre-adaptation)."""
-    _warn_random_base(kwargs, [modality])
     return UnimodalVFM(spec, modality, **kwargs)

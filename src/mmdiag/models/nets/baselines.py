@@ -20,7 +20,8 @@ from mmdiag.data.schema import DatasetSpec, TabularModality
 from mmdiag.errors import ConfigError
 from mmdiag.models._factory import register_multimodal
 from mmdiag.models.contract import MultimodalModel
-from mmdiag.models.fusion.encoders import build_encoder
+from mmdiag.models.backbones.encoders import build_encoder, explain_entries
+from mmdiag.models.layers.attention import CrossAttentionBlock
 from mmdiag.models.layers.heads import TaskHeads
 from mmdiag.models.layers.presence import presence_mask
 
@@ -49,6 +50,7 @@ class Unimodal(MultimodalModel):
         self.modality = modality
         self.encoder = build_encoder(spec.modalities[modality], backbone, backbone_options, tabular_hidden,
                                      tabular_dropout)
+        self.explain_layers, self.output_fmts = explain_entries({modality: self.encoder}, "encoder")
         self.num_features = self.encoder.num_features
         self.heads = TaskHeads(self.num_features, spec.tasks, drop_rate)
 
@@ -79,6 +81,7 @@ class EarlyFusion(MultimodalModel):
         chans += sum(spec.modalities[n].width + 1 for n in self.tabular)
         stacked = first.model_copy(update={"channels": chans})
         self.encoder = build_encoder(stacked, backbone, backbone_options)
+        self.explain_layers, self.output_fmts = explain_entries({n: self.encoder for n in self.spatial}, "encoder")
         self.num_features = self.encoder.num_features
         self.heads = TaskHeads(self.num_features, spec.tasks, drop_rate)
 
@@ -117,6 +120,7 @@ class LateFusion(MultimodalModel):
         self.encoders = nn.ModuleDict({n: build_encoder(m, backbone, backbone_options, tabular_hidden,
                                                         tabular_dropout)
                                        for n, m in spec.modalities.items()})
+        self.explain_layers, self.output_fmts = explain_entries(dict(self.encoders), "encoders.")
         if mode == "logits":
             self.heads = nn.ModuleDict({n: TaskHeads(e.num_features, spec.tasks, drop_rate)
                                         for n, e in self.encoders.items()})
@@ -127,14 +131,22 @@ class LateFusion(MultimodalModel):
         else:
             raise ConfigError(f"model.options.mode={mode!r}; choose 'logits' or 'features'")
 
+    def forward_features(self, inputs: dict[str, torch.Tensor], present=None) -> torch.Tensor:
+        """``features`` mode: the concatenated features and presence flags; ``logits`` mode: the mean of the
+        present modalities' features (zero-padded to ``num_features``), the vector t-SNE shows."""
+        parts, flags = [], []
+        for n, enc in self.encoders.items():
+            p = presence_mask(present, n, inputs[n]).float().unsqueeze(1)
+            f = enc(inputs[n]) * p
+            parts.append(f if self.mode == "features" else F.pad(f, (0, self.num_features - f.shape[1])))
+            flags.append(p)
+        if self.mode == "features":
+            return torch.cat(parts + flags, 1)
+        return sum(parts) / sum(flags).clamp_min(1.0)
+
     def forward(self, inputs: dict[str, torch.Tensor], present=None) -> dict[str, torch.Tensor]:
         if self.mode == "features":
-            parts, flags = [], []
-            for n, enc in self.encoders.items():
-                p = presence_mask(present, n, inputs[n]).float().unsqueeze(1)
-                parts.append(enc(inputs[n]) * p)
-                flags.append(p)
-            return self.heads(torch.cat(parts + flags, 1))
+            return self.heads(self.forward_features(inputs, present))
         total, weight = {}, 0.0
         for n, enc in self.encoders.items():
             p = presence_mask(present, n, inputs[n]).float().unsqueeze(1)
@@ -161,16 +173,14 @@ class MiddleFusion(MultimodalModel):
         self.encoders = nn.ModuleDict({n: build_encoder(m, backbone, backbone_options, tabular_hidden,
                                                         tabular_dropout)
                                        for n, m in spec.modalities.items()})
+        self.explain_layers, self.output_fmts = explain_entries(dict(self.encoders), "encoders.")
         self.proj = nn.ModuleDict({n: nn.Linear(e.num_features, dim) for n, e in self.encoders.items()})
         self.modality_embed = nn.ParameterDict({n: nn.Parameter(torch.zeros(1, 1, dim)) for n in self.encoders})
-        self.norm_q = nn.LayerNorm(dim)
-        self.norm_kv = nn.LayerNorm(dim)
-        self.attn = nn.MultiheadAttention(dim, num_heads, batch_first=True)
-        self.mlp = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
+        self.block = CrossAttentionBlock(dim, num_heads, 2 * dim)
         self.num_features = dim
         self.heads = TaskHeads(dim, spec.tasks, drop_rate)
 
-    def forward(self, inputs: dict[str, torch.Tensor], present=None) -> dict[str, torch.Tensor]:
+    def forward_features(self, inputs: dict[str, torch.Tensor], present=None) -> torch.Tensor:
         toks, masks = {}, {}
         for n, enc in self.encoders.items():
             t = self.proj[n](enc.tokens(inputs[n])) + self.modality_embed[n]
@@ -180,15 +190,25 @@ class MiddleFusion(MultimodalModel):
         for n, q in toks.items():
             others = [m for m in toks if m != n]
             kv = torch.cat([toks[m] for m in others], 1)
-            pad = ~torch.cat([masks[m] for m in others], 1)
-            pad_all = pad.all(1, keepdim=True)  # no other modality present: attend to nothing (zero update)
-            out, _ = self.attn(self.norm_q(q), self.norm_kv(kv), self.norm_kv(kv), key_padding_mask=pad & ~pad_all)
-            h = q + out * (~pad_all).unsqueeze(-1)
-            h = h + self.mlp(h)
+            h = self.block(q, kv, ~torch.cat([masks[m] for m in others], 1))
             p = masks[n][:, :1].float()
             pooled = pooled + h.mean(1) * p
             weight = weight + p
-        return self.heads(pooled / weight.clamp_min(1.0))
+        return pooled / weight.clamp_min(1.0)
+
+    @staticmethod
+    def checkpoint_filter_fn(state_dict, model):
+        """Runs written before the cross-attention block was shared (``nn.MultiheadAttention`` and a sequential MLP
+        at the top level) are renamed to the shared block's names."""
+        moves = {"norm_q.": "block.norm_q.", "norm_kv.": "block.norm_kv.", "attn.": "block.attn.",
+                 "mlp.0.": "block.norm2.", "mlp.1.": "block.mlp.fc1.", "mlp.3.": "block.mlp.fc2."}
+        if not any(k.startswith("attn.in_proj") for k in state_dict):
+            return dict(state_dict)
+        out = {}
+        for k, v in state_dict.items():
+            old = next((o for o in moves if k.startswith(o)), None)
+            out[moves[old] + k[len(old):] if old else k] = v
+        return CrossAttentionBlock.convert_multihead_state(out, "block.attn.")
 
 
 @register_multimodal(options=Unimodal)

@@ -73,7 +73,7 @@ def test_missing_modality_content_is_ignored_and_cases_are_independent(name):
 
 
 def _dynmm_experts(model, x, mask):
-    from mmdiag.models.fusion.vfm_baselines import _concat
+    from mmdiag.models.nets.ei_baselines import _concat
 
     uni = model.features(x, mask)
     experts = [model.uni_heads[m](uni[:, i])["diagnosis"] for i, m in enumerate(model.modalities)]

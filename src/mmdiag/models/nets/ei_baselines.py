@@ -19,7 +19,7 @@ Every model takes ``spec`` plus ``vfm`` (default ``dinov2_vitb14_reg``, the VFM 
 ``model.peft`` would adapt the whole fusion model instead and is not meant for these models.
 
 Inputs are image modalities only; a ``C = 3*k`` channel stack is read as ``k`` RGB slices, other ``C`` as ``C`` grey
-slices repeated to RGB (:class:`~mmdiag.models.fusion.vfm_encoder.VFMEncoder`). A missing modality (``present``
+slices repeated to RGB, volumes as their slices (:class:`~mmdiag.models.backbones.vfm.VFMEncoder`). A missing modality (``present``
 False) never runs through a VFM and is masked out of every fusion (softmax, attention, gate); the concatenation of
 CosCat and DynMM fills it with zeros and appends the presence flags, as ``late_fusion(mode="features")`` does.
 """
@@ -35,47 +35,38 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmdiag.data.schema import DatasetSpec, ImageModality
+from mmdiag.data.schema import DatasetSpec, TabularModality
 from mmdiag.errors import ConfigError
 from mmdiag.models._factory import register_multimodal
-from mmdiag.models.outputs import AUX_LOSS_KEY
-from mmdiag.models.fusion.vfm_encoder import DEFAULT_VFM, InputNorm, VFMEncoder
+from mmdiag.models.backbones.vfm import DEFAULT_VFM, VFMEncoder, slice_layout
+from mmdiag.models.contract import MultimodalModel
+from mmdiag.models.fusion.mil import GatedMILAttention
+from mmdiag.models.fusion.prompts import PromptGenerator
+from mmdiag.models.fusion.sfusion import SFusionBlock
+from mmdiag.models.layers.attention import CrossAttentionBlock
 from mmdiag.models.layers.heads import TaskHeads
-from mmdiag.models.layers.mlp import Mlp
-from mmdiag.models.layers.presence import presence_matrix
+from mmdiag.models.layers.input_norm import InputNormMode
+from mmdiag.models.layers.presence import masked_softmax, open_empty_rows, presence_groups, presence_matrix
+from mmdiag.models.outputs import AUX_LOSS_KEY
 
-__all__ = ["VFMFusion", "CosCat", "DynMM", "MMMIL", "SFusion", "RadDiag", "MMRAD", "UniModel",
-           "GatedMILAttention", "SFusionBlock", "DUpsampling", "PromptGenerator", "CrossAttentionBlock"]
+__all__ = ["VFMFusion", "CosCat", "DynMM", "MMMIL", "SFusion", "RadDiag", "MMRAD", "UniModel"]
 
 
 def _image_modalities(spec: DatasetSpec, model: str) -> list[str]:
-    other = {n: m.kind for n, m in spec.modalities.items() if not isinstance(m, ImageModality)}
+    other = [n for n, m in spec.modalities.items() if isinstance(m, TabularModality)]
     if other:
         images = [n for n in spec.modalities if n not in other]
-        raise ConfigError(f"{model} encodes image modalities with a VFM; dataset {spec.name!r} also has {other}. "
-                          f"Choose image modalities with data.modalities={images}")
+        raise ConfigError(f"{model} encodes image modalities with a VFM; dataset {spec.name!r} also has records "
+                          f"{other}. Choose image modalities with data.modalities={images}")
     return list(spec.modalities)
 
 
-def _check_norm(spec: DatasetSpec, modalities: list[str], input_norm: str) -> None:
-    normalised = [m for m in modalities if spec.modalities[m].mean is not None]
-    if input_norm != "none" and normalised:
-        raise ConfigError(f"modalities {normalised} are already normalised by the dataset spec; set "
-                          "model.options.input_norm=none or remove the spec's mean/std")
-
-
-def _side(modality: ImageModality, img_size: int | None) -> int | None:
+def _side(spec: DatasetSpec, modality: str, img_size: int | None) -> int | None:
     """The VFM's image size for a modality: ``img_size`` if given, else the modality's size when square."""
     if img_size is not None:
         return img_size
-    h, w = modality.size
+    h, w = spec.modalities[modality].size[-2:]
     return h if h == w else None
-
-
-def _masked_softmax(logits: torch.Tensor, mask: torch.Tensor, dim: int) -> torch.Tensor:
-    """Softmax over the entries where ``mask``; masked entries get 0, and an all-masked slice gives all zeros."""
-    logits = logits.masked_fill(~mask, torch.finfo(logits.dtype).min)
-    return logits.softmax(dim) * mask
 
 
 def _rows(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
@@ -87,45 +78,50 @@ def _rows(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, keep: tor
     return out.new_zeros(x.shape[0], *out.shape[1:]).index_copy(0, idx, out)
 
 
-def _unpadded(pad: torch.Tensor) -> torch.Tensor:
-    """A key-padding mask whose all-padded rows (no modality at all) are opened, so attention stays finite."""
-    return pad & ~pad.all(1, keepdim=True)
-
-
-class VFMFusion(nn.Module):
+class VFMFusion(MultimodalModel):
     """Base of the per-modality-VFM baselines: one :class:`VFMEncoder` per image modality and the presence mask.
 
     Args:
-        spec: the dataset spec (image modalities only).
+        spec: the dataset spec (image or volume modalities only).
         vfm: registered ViT name.
         vfm_peft: adaptation of every VFM (``None`` = frozen, ``"fpt"`` = full fine-tuning, ``"mor"``, ...).
         vfm_peft_options: options of that method.
-        vfm_checkpoint: weights file loaded into every VFM.
+        vfm_checkpoint: weights file loaded into every VFM (by :meth:`load_pretrained`, not by the constructor).
         img_size: VFM image size; default: each modality's (square) size.
         input_norm: ``"clip"`` normalises inputs with the CLIP mean/std as EI's code does for every VFM (default,
             so that the baselines see what EI sees), ``"vfm"`` with the VFM's own statistics, ``"none"`` leaves the
             data spec's normalisation.
-        model_name: the registered name, for messages.
 
     Raises:
-        ConfigError: a non-image modality, or ``input_norm`` other than ``none`` on a spec that normalises.
+        ConfigError: a record modality, or ``input_norm`` other than ``none`` on a spec that normalises.
     """
+
+    model_name = "vfm_fusion"
 
     def __init__(self, spec: DatasetSpec, vfm: str = DEFAULT_VFM, vfm_peft: str | None = "fpt",
                  vfm_peft_options: dict[str, Any] | None = None, vfm_checkpoint: str | os.PathLike | None = None,
-                 img_size: int | None = None, input_norm: InputNorm = "clip", model_name: str = "vfm_fusion"):
-        super().__init__()
-        self.modalities = _image_modalities(spec, model_name)
-        _check_norm(spec, self.modalities, input_norm)
-        self._sides = {m: _side(spec.modalities[m], img_size) for m in self.modalities}
-        self._vfm_args = {"vfm": vfm, "peft": vfm_peft, "peft_options": vfm_peft_options,
-                          "vfm_checkpoint": vfm_checkpoint, "input_norm": input_norm}
+                 img_size: int | None = None, input_norm: InputNormMode = "clip"):
+        super().__init__(spec, _image_modalities(spec, self.model_name))
+        self._sides = {m: _side(spec, m, img_size) for m in self.modalities}
+        self._vfm_args = {"vfm": vfm, "peft": vfm_peft, "peft_options": vfm_peft_options, "input_norm": input_norm}
+        self.vfm_checkpoint = vfm_checkpoint
         self.encoders = self.build_encoders()
         self.embed_dim: int = next(iter(self.encoders.values())).num_features
 
     def build_encoders(self) -> nn.ModuleDict:
         """A fresh :class:`VFMEncoder` per modality, built with this model's VFM options."""
-        return nn.ModuleDict({m: VFMEncoder(img_size=self._sides[m], **self._vfm_args) for m in self.modalities})
+        return nn.ModuleDict({m: VFMEncoder(modality=self.spec.modalities[m], name=m, img_size=self._sides[m],
+                                            **self._vfm_args) for m in self.modalities})
+
+    def load_pretrained(self) -> None:
+        """Load ``vfm_checkpoint`` into every VFM."""
+        if self.vfm_checkpoint is not None:
+            for enc in self.vfm_encoders():
+                enc.load_base(self.vfm_checkpoint)
+
+    def vfm_encoders(self) -> list[VFMEncoder]:
+        """Every VFM of the model."""
+        return [m for m in self.modules() if isinstance(m, VFMEncoder)]
 
     def presence(self, inputs: dict[str, torch.Tensor], present: dict[str, torch.Tensor] | None) -> torch.Tensor:
         """``(B, M)`` bool, modalities in spec order; all True when ``present`` is ``None`` or lacks a modality."""
@@ -151,35 +147,16 @@ class CosCat(VFMFusion):
         drop_rate: dropout before the heads.
     """
 
+    model_name = "coscat"
+
     def __init__(self, spec: DatasetSpec, drop_rate: float = 0.0, **vfm_options: Any):
-        super().__init__(spec, model_name="coscat", **vfm_options)
+        super().__init__(spec, **vfm_options)
         self.num_features = len(self.modalities) * (self.embed_dim + 1)
         self.heads = TaskHeads(self.num_features, spec.tasks, drop_rate)
 
-    def forward(self, inputs: dict[str, torch.Tensor], present=None) -> dict[str, torch.Tensor]:
+    def forward_features(self, inputs: dict[str, torch.Tensor], present=None) -> torch.Tensor:
         mask = self.presence(inputs, present)
-        return self.heads(_concat(self.features(inputs, mask), mask))
-
-
-class GatedMILAttention(nn.Module):
-    """Gated attention MIL pooling (Ilse et al. 2018): ``a_i ∝ exp(w^T (tanh(V h_i) ⊙ sigmoid(U h_i)))``.
-
-    Args:
-        dim: instance feature width.
-        hidden: width of ``V`` and ``U``.
-    """
-
-    def __init__(self, dim: int, hidden: int = 1024):
-        super().__init__()
-        self.attention_v = nn.Linear(dim, hidden)
-        self.attention_u = nn.Linear(dim, hidden)
-        self.attention_w = nn.Linear(hidden, 1)
-
-    def forward(self, h: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Instances ``(B, N, C)`` and their mask ``(B, N)`` → pooled ``(B, C)`` and weights ``(B, N)``."""
-        score = self.attention_w(torch.tanh(self.attention_v(h)) * torch.sigmoid(self.attention_u(h))).squeeze(-1)
-        weights = _masked_softmax(score, mask, dim=1)
-        return (weights.unsqueeze(-1) * h).sum(1), weights
+        return _concat(self.features(inputs, mask), mask)
 
 
 class MMMIL(VFMFusion):
@@ -194,8 +171,10 @@ class MMMIL(VFMFusion):
         drop_rate: dropout before the heads.
     """
 
+    model_name = "mm_mil"
+
     def __init__(self, spec: DatasetSpec, attention_dim: int = 1024, drop_rate: float = 0.0, **vfm_options: Any):
-        super().__init__(spec, model_name="mm_mil", **vfm_options)
+        super().__init__(spec, **vfm_options)
         self.mil = GatedMILAttention(self.embed_dim, attention_dim)
         self.num_features = self.embed_dim
         self.heads = TaskHeads(self.num_features, spec.tasks, drop_rate)
@@ -204,91 +183,14 @@ class MMMIL(VFMFusion):
         """Instance features ``(B, N, C)`` (one per slice per modality) and their mask ``(B, N)``."""
         feats, masks = [], []
         for i, m in enumerate(self.modalities):
-            f = _rows(lambda x, enc=self.encoders[m]: enc.slice_tokens(x)[:, :, 0], inputs[m], mask[:, i])
+            f = _rows(lambda x, enc=self.encoders[m]: enc.encode(x)[0][:, :, 0], inputs[m], mask[:, i])
             feats.append(f)
             masks.append(mask[:, i : i + 1].expand(-1, f.shape[1]))
         return torch.cat(feats, 1), torch.cat(masks, 1)
 
-    def forward(self, inputs: dict[str, torch.Tensor], present=None) -> dict[str, torch.Tensor]:
+    def forward_features(self, inputs: dict[str, torch.Tensor], present=None) -> torch.Tensor:
         pooled, _ = self.mil(*self.instances(inputs, self.presence(inputs, present)))
-        return self.heads(pooled)
-
-
-def _sinusoid(length: int, dim: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """The fixed sine/cosine position table ``(length, dim)`` of the original Transformer."""
-    pos = torch.arange(length, device=device, dtype=torch.float32).unsqueeze(1)
-    freq = torch.exp(torch.arange(0, dim, 2, device=device, dtype=torch.float32) * (-math.log(10000.0) / dim))
-    table = torch.zeros(length, dim, device=device)
-    table[:, 0::2] = torch.sin(pos * freq)
-    table[:, 1::2] = torch.cos(pos * freq[: dim // 2])
-    return table.to(dtype)
-
-
-class DUpsampling(nn.Module):
-    """Data-dependent upsampling (Tian et al. 2019), SFusion's way back to the feature resolution: a bias-free 1x1
-    convolution to ``dim * scale**2`` channels rearranged into a ``scale`` times larger map.
-
-    Args:
-        dim: channels.
-        scale: upsampling factor.
-    """
-
-    def __init__(self, dim: int, scale: int):
-        super().__init__()
-        self.scale = scale
-        self.proj = nn.Conv2d(dim, dim * scale * scale, 1, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(N, dim, h, w)`` → ``(N, dim, h*scale, w*scale)``."""
-        return F.pixel_shuffle(self.proj(x), self.scale)
-
-
-class SFusionBlock(nn.Module):
-    """SFusion's N-to-one block (Liu et al. 2023) on [CLS] + patch-grid tokens.
-
-    Each available modality's patch map is average-pooled to ``grid x grid`` (SFusion pools every feature map to one
-    fixed size); with its [CLS] token and a sine position table over the whole sequence, the tokens of all
-    modalities go through transformer layers (missing modalities are padding). The output, split back per modality
-    and brought back to the patch resolution by :class:`DUpsampling` (then resized if the grid is not a multiple),
-    is softmax-normalised across the present modalities per token and channel, and weighs the modalities' input
-    tokens into one fused sequence.
-
-    Args:
-        dim: token width.
-        grid: side of the pooled patch map.
-        scale: :class:`DUpsampling` factor (``patch grid // grid`` in SFusion).
-        depth: transformer layers.
-        num_heads: attention heads.
-        mlp_ratio: feed-forward width / ``dim``.
-        dropout: dropout of the layers and of the input tokens.
-    """
-
-    def __init__(self, dim: int, grid: int = 8, scale: int = 1, depth: int = 8, num_heads: int = 8,
-                 mlp_ratio: float = 4.0, dropout: float = 0.1):
-        super().__init__()
-        self.grid = grid
-        layer = nn.TransformerEncoderLayer(dim, num_heads, int(dim * mlp_ratio), dropout, batch_first=True)
-        self.encoder = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
-        self.drop = nn.Dropout(dropout)
-        self.upsample = DUpsampling(dim, scale)
-
-    def forward(self, z: torch.Tensor, mask: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
-        """Tokens ``(B, M, 1 + h*w, C)`` ([CLS], patches row-major) of M modalities, presence ``(B, M)`` and the
-        patch grid ``hw`` → fused tokens ``(B, 1 + h*w, C)``."""
-        b, m, n, c = z.shape
-        g = self.grid
-        maps = z[:, :, 1:].reshape(b * m, *hw, c).permute(0, 3, 1, 2)
-        pooled = F.adaptive_avg_pool2d(maps, g).flatten(2).transpose(1, 2).reshape(b, m, g * g, c)
-        tokens = torch.cat([z[:, :, :1], pooled], 2).reshape(b, m * (1 + g * g), c)
-        tokens = tokens + _sinusoid(tokens.shape[1], c, z.device, z.dtype)
-        pad = _unpadded(~mask.repeat_interleave(1 + g * g, 1))
-        out = self.encoder(self.drop(tokens), src_key_padding_mask=pad).reshape(b * m, 1 + g * g, c)
-        att = self.upsample(out[:, 1:].transpose(1, 2).reshape(b * m, c, g, g))
-        if tuple(att.shape[-2:]) != tuple(hw):
-            att = F.interpolate(att, size=hw, mode="bilinear", align_corners=False)
-        att = torch.cat([out[:, :1], att.flatten(2).transpose(1, 2)], 1).reshape(b, m, n, c)
-        weights = _masked_softmax(att, mask[:, :, None, None].expand_as(att), dim=1)
-        return (weights * z).sum(1)
+        return pooled
 
 
 class SFusion(VFMFusion):
@@ -306,9 +208,11 @@ class SFusion(VFMFusion):
         ConfigError: the modalities' image sizes differ.
     """
 
+    model_name = "sfusion"
+
     def __init__(self, spec: DatasetSpec, grid: int = 8, depth: int = 8, num_heads: int = 8, mlp_ratio: float = 4.0,
                  dropout: float = 0.1, drop_rate: float = 0.0, **vfm_options: Any):
-        super().__init__(spec, model_name="sfusion", **vfm_options)
+        super().__init__(spec, **vfm_options)
         sizes = {m: tuple(spec.modalities[m].size) for m in self.modalities}
         if len(set(sizes.values())) > 1:
             raise ConfigError(f"sfusion fuses patch grids position by position; the image sizes differ: {sizes}. "
@@ -325,14 +229,14 @@ class SFusion(VFMFusion):
         tokens = enc.tokens(x)
         return torch.cat([tokens[:, :1], tokens[:, enc.num_prefix_tokens:]], 1)
 
-    def forward(self, inputs: dict[str, torch.Tensor], present=None) -> dict[str, torch.Tensor]:
+    def forward_features(self, inputs: dict[str, torch.Tensor], present=None) -> torch.Tensor:
         mask = self.presence(inputs, present)
         z = torch.stack([_rows(lambda x, m=m: self._tokens(m, x), inputs[m], mask[:, i])
                          for i, m in enumerate(self.modalities)], 1)
         x = inputs[self.modalities[0]]
         p = self.encoders[self.modalities[0]].vit.patch_size
         fused = self.fusion(z, mask, (math.ceil(x.shape[-2] / p), math.ceil(x.shape[-1] / p)))
-        return self.heads(torch.cat([fused[:, 0], fused[:, 1:].mean(1)], 1))
+        return torch.cat([fused[:, 0], fused[:, 1:].mean(1)], 1)
 
 
 class RadDiag(VFMFusion):
@@ -349,9 +253,11 @@ class RadDiag(VFMFusion):
         drop_rate: dropout before the heads.
     """
 
+    model_name = "raddiag"
+
     def __init__(self, spec: DatasetSpec, depth: int = 2, num_heads: int = 8, ff_dim: int = 2048,
                  dropout: float = 0.1, drop_rate: float = 0.0, **vfm_options: Any):
-        super().__init__(spec, model_name="raddiag", **vfm_options)
+        super().__init__(spec, **vfm_options)
         c = self.embed_dim
         self.fusion_token = nn.Parameter(torch.zeros(1, 1, c))
         self.modality_embed = nn.Parameter(torch.zeros(1, len(self.modalities), c))
@@ -362,12 +268,12 @@ class RadDiag(VFMFusion):
         self.num_features = c
         self.heads = TaskHeads(c, spec.tasks, drop_rate)
 
-    def forward(self, inputs: dict[str, torch.Tensor], present=None) -> dict[str, torch.Tensor]:
+    def forward_features(self, inputs: dict[str, torch.Tensor], present=None) -> torch.Tensor:
         mask = self.presence(inputs, present)
         tokens = self.features(inputs, mask) + self.modality_embed
         seq = torch.cat([self.fusion_token.expand(tokens.shape[0], -1, -1), tokens], 1)
         pad = torch.cat([torch.zeros_like(mask[:, :1]), ~mask], 1)
-        return self.heads(self.fusion(seq, src_key_padding_mask=pad)[:, 0])
+        return self.fusion(seq, src_key_padding_mask=pad)[:, 0]
 
 
 class DynMM(VFMFusion):
@@ -395,9 +301,11 @@ class DynMM(VFMFusion):
         drop_rate: dropout before the heads.
     """
 
+    model_name = "dynmm"
+
     def __init__(self, spec: DatasetSpec, gate_hidden: int = 128, tau: float = 1.0, hard_train: bool = False,
                  resource_weight: float = 0.0, drop_rate: float = 0.0, **vfm_options: Any):
-        super().__init__(spec, model_name="dynmm", **vfm_options)
+        super().__init__(spec, **vfm_options)
         if tau <= 0 or resource_weight < 0:
             raise ConfigError(f"model.options.tau={tau} must be > 0 and resource_weight={resource_weight} >= 0")
         self.tau, self.hard_train, self.resource_weight = tau, hard_train, resource_weight
@@ -412,11 +320,23 @@ class DynMM(VFMFusion):
         """Expert weights ``(B, M + 1)`` (unimodal experts in spec order, then fusion): soft when training (unless
         ``hard_train``), one-hot at inference; experts of missing modalities get 0."""
         allowed = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
-        soft = _masked_softmax(self.gate(_concat(features, mask)) / self.tau, allowed, dim=1)
+        soft = masked_softmax(self.gate(_concat(features, mask)) / self.tau, allowed, dim=1)
         if self.training and not self.hard_train:
             return soft
         hard = F.one_hot(soft.argmax(1), soft.shape[1]).to(soft.dtype)
         return hard - soft.detach() + soft if self.training else hard
+
+    def forward_features(self, inputs: dict[str, torch.Tensor], present=None) -> torch.Tensor:
+        """The gate's input: unimodal features and presence flags ``(B, M * (C + 1))``. DynMM mixes expert logits
+        by the gate: :meth:`forward` is the model."""
+        mask = self.presence(inputs, present)
+        return _concat(self.features(inputs, mask), mask)
+
+    def forward_head(self, features: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """``pre_logits`` only: DynMM's logits are a gated mixture of experts (``forward``)."""
+        if not pre_logits:
+            raise NotImplementedError("DynMM mixes expert logits by its gate; call the model (forward)")
+        return features
 
     def forward(self, inputs: dict[str, torch.Tensor], present=None) -> dict[str, torch.Tensor]:
         mask = self.presence(inputs, present)
@@ -431,57 +351,6 @@ class DynMM(VFMFusion):
         if self.resource_weight > 0 and self.training:
             out[AUX_LOSS_KEY] = {"resource": (self.resource_weight, w[:, -1].mean())}
         return out
-
-
-class PromptGenerator(nn.Module):
-    """MMRAD's input-conditioned prompts: a shallow CNN summarises the image and a linear layer emits ``num_prompts``
-    prompt tokens for each of the first ``depth`` VFM blocks.
-
-    Args:
-        dim: token width.
-        depth: number of blocks that receive prompts.
-        num_prompts: prompts per block.
-        in_chans: image channels.
-        hidden: width of the CNN summary.
-    """
-
-    def __init__(self, dim: int, depth: int, num_prompts: int = 5, in_chans: int = 3, hidden: int = 64):
-        super().__init__()
-        self.depth, self.num_prompts, self.dim = depth, num_prompts, dim
-        self.stem = nn.Sequential(nn.Conv2d(in_chans, hidden // 2, 7, stride=4, padding=3), nn.GELU(),
-                                  nn.Conv2d(hidden // 2, hidden, 3, stride=2, padding=1), nn.GELU(),
-                                  nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.proj = nn.Linear(hidden, depth * num_prompts * dim)
-        nn.init.trunc_normal_(self.proj.weight, std=0.02)
-        nn.init.zeros_(self.proj.bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Images ``(N, in_chans, H, W)`` → prompts ``(N, depth, num_prompts, dim)``."""
-        return self.proj(self.stem(x)).reshape(x.shape[0], self.depth, self.num_prompts, self.dim)
-
-
-class CrossAttentionBlock(nn.Module):
-    """Pre-norm cross-attention of query tokens to context tokens, then an MLP, both residual.
-
-    Args:
-        dim: token width.
-        num_heads: attention heads.
-        mlp_dim: MLP hidden width.
-    """
-
-    def __init__(self, dim: int, num_heads: int = 8, mlp_dim: int = 2048):
-        super().__init__()
-        self.norm_q = nn.LayerNorm(dim)
-        self.norm_kv = nn.LayerNorm(dim)
-        self.attn = nn.MultiheadAttention(dim, num_heads, batch_first=True)
-        self.norm2 = nn.LayerNorm(dim)
-        self.mlp = Mlp(dim, mlp_dim)
-
-    def forward(self, q: torch.Tensor, kv: torch.Tensor, pad: torch.Tensor | None = None) -> torch.Tensor:
-        """Queries ``(B, Q, D)`` attend to ``kv`` ``(B, L, D)`` (``pad`` True = ignore) → ``(B, Q, D)``."""
-        kv = self.norm_kv(kv)
-        q = q + self.attn(self.norm_q(q), kv, kv, key_padding_mask=pad, need_weights=False)[0]
-        return q + self.mlp(self.norm2(q))
 
 
 class MMRAD(VFMFusion):
@@ -499,10 +368,12 @@ class MMRAD(VFMFusion):
         drop_rate: dropout before the heads.
     """
 
+    model_name = "mmrad"
+
     def __init__(self, spec: DatasetSpec, num_prompts: int = 5, prompt_depth: int | None = None,
                  decoder_dim: int = 256, decoder_depth: int = 2, decoder_heads: int = 8, decoder_mlp_dim: int = 2048,
                  drop_rate: float = 0.0, vfm_peft: str | None = None, **vfm_options: Any):
-        super().__init__(spec, model_name="mmrad", vfm_peft=vfm_peft, **vfm_options)
+        super().__init__(spec, vfm_peft=vfm_peft, **vfm_options)
         depth = len(next(iter(self.encoders.values())).vit.blocks)
         prompt_depth = depth if prompt_depth is None else prompt_depth
         if not 0 < prompt_depth <= depth:
@@ -523,25 +394,25 @@ class MMRAD(VFMFusion):
     def prompted_tokens(self, m: str, x: torch.Tensor) -> torch.Tensor:
         """Final tokens ``(B, L, C)`` of modality ``m`` under its input-conditioned prompts (mean over slices)."""
         enc = self.encoders[m]
-        s, k = enc.slices(x)
+        s, k = enc.to_slices(x), enc.num_slices
         out = enc.run(enc.vit.embed(s), self.prompts[m](s))
         return out.reshape(-1, k, *out.shape[1:]).mean(1)
 
-    def forward(self, inputs: dict[str, torch.Tensor], present=None) -> dict[str, torch.Tensor]:
+    def forward_features(self, inputs: dict[str, torch.Tensor], present=None) -> torch.Tensor:
         mask = self.presence(inputs, present)
         kv, pad = [], []
         for i, m in enumerate(self.modalities):
             t = _rows(lambda x, m=m: self.prompted_tokens(m, x), inputs[m], mask[:, i])
             kv.append(self.proj(t) + self.modality_embed[i])
             pad.append(~mask[:, i : i + 1].expand(-1, t.shape[1]))
-        kv, pad = torch.cat(kv, 1), _unpadded(torch.cat(pad, 1))
+        kv, pad = torch.cat(kv, 1), open_empty_rows(torch.cat(pad, 1))
         q = self.query.expand(kv.shape[0], -1, -1)
         for blk in self.decoder:
             q = blk(q, kv, pad)
-        return self.heads(self.norm(q[:, 0]))
+        return self.norm(q[:, 0])
 
 
-class UniModel(nn.Module):
+class UniModel(MultimodalModel):
     """UniModel (EI paper §4.2): one VFM for all modalities. Each modality's images are embedded by the VFM (patches
     + position embedding) and tagged with a learned modality embedding; the patch tokens of all present modalities
     (every slice of a stack) follow one [CLS] (+ registers) in a single sequence; [CLS] goes to the heads.
@@ -557,33 +428,42 @@ class UniModel(nn.Module):
 
     def __init__(self, spec: DatasetSpec, vfm: str = DEFAULT_VFM, vfm_peft: str | None = "mor",
                  vfm_peft_options: dict[str, Any] | None = None, vfm_checkpoint: str | os.PathLike | None = None,
-                 img_size: int | None = None, input_norm: InputNorm = "clip", drop_rate: float = 0.0):
-        super().__init__()
-        self.modalities = _image_modalities(spec, "unimodel")
-        _check_norm(spec, self.modalities, input_norm)
-        side = _side(spec.modalities[self.modalities[0]], img_size)
-        self.encoder = VFMEncoder(vfm, vfm_peft, vfm_peft_options, vfm_checkpoint, side, input_norm)
+                 img_size: int | None = None, input_norm: InputNormMode = "clip", drop_rate: float = 0.0):
+        super().__init__(spec, _image_modalities(spec, "unimodel"))
+        first = self.modalities[0]
+        for m in self.modalities[1:]:  # the shared VFM's checks (normalisation, slices) hold for every modality
+            slice_layout(m, spec.modalities[m])
+            if input_norm != "none" and spec.modalities[m].mean is not None:
+                raise ConfigError(f"modality {m!r} is already normalised by the dataset spec; set "
+                                  "model.options.input_norm=none or remove the spec's mean/std")
+        self.encoder = VFMEncoder(vfm, spec.modalities[first], first, vfm_peft, vfm_peft_options,
+                                  img_size=_side(spec, first, img_size), input_norm=input_norm)
+        self.layouts = {m: slice_layout(m, spec.modalities[m]) for m in self.modalities}
+        self.vfm_checkpoint = vfm_checkpoint
         self.num_features = self.encoder.num_features
         self.modality_embed = nn.Parameter(torch.zeros(len(self.modalities), self.num_features))
         self.heads = TaskHeads(self.num_features, spec.tasks, drop_rate)
 
-    def forward(self, inputs: dict[str, torch.Tensor], present=None) -> dict[str, torch.Tensor]:
+    def load_pretrained(self) -> None:
+        """Load ``vfm_checkpoint`` into the VFM."""
+        if self.vfm_checkpoint is not None:
+            self.encoder.load_base(self.vfm_checkpoint)
+
+    def forward_features(self, inputs: dict[str, torch.Tensor], present=None) -> torch.Tensor:
         n = self.encoder.num_prefix_tokens
         b = inputs[self.modalities[0]].shape[0]
         prefix, patches = None, []
         for i, m in enumerate(self.modalities):
-            tokens, k = self.encoder.embed(inputs[m])
-            tokens = tokens.reshape(b, k, *tokens.shape[1:])
+            tokens = self.encoder.embed(inputs[m], self.layouts[m])
+            tokens = tokens.reshape(b, self.layouts[m].k, *tokens.shape[1:])
             prefix = tokens[:, 0, :n] if prefix is None else prefix
             patches.append(tokens[:, :, n:].flatten(1, 2) + self.modality_embed[i])
-        mask = presence_matrix(self.modalities, inputs, present)
-        patterns, group = torch.unique(mask, dim=0, return_inverse=True)
-        pooled = prefix.new_zeros(b, self.num_features)
-        for g, pattern in enumerate(patterns):
-            idx = (group == g).nonzero().squeeze(1)
+        rows, parts = [], []
+        for pattern, idx in presence_groups(presence_matrix(self.modalities, inputs, present)):
             seq = torch.cat([prefix[idx]] + [p[idx] for p, keep in zip(patches, pattern.tolist()) if keep], 1)
-            pooled = pooled.index_copy(0, idx, self.encoder.run(seq)[:, 0])
-        return self.heads(pooled)
+            parts.append(self.encoder.run(seq)[:, 0])
+            rows.append(idx)
+        return torch.cat(parts)[torch.cat(rows).argsort()]
 
 
 @register_multimodal(options=CosCat)

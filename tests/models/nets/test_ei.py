@@ -9,7 +9,7 @@ from mmdiag import create_model
 from mmdiag.data.schema import DatasetSpec
 from mmdiag.errors import CheckpointError, ConfigError
 from mmdiag.io.checkpoint import save_weights
-from mmdiag.models.backbones.vit import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+from mmdiag.models.layers.input_norm import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from mmdiag.models.outputs import AUX_KEY, AUX_LOSS_KEY
 from mmdiag.models.peft import trainable_parameter_report
 
@@ -85,8 +85,8 @@ def test_int_tokens_join_the_target_sequence_at_the_configured_layer(int_layer):
             seen[i] = args[0].shape[1]
         return hook
 
-    hooks = [blk.register_forward_pre_hook(record(i)) for i, blk in enumerate(model.primary["axial"].vfm.blocks)]
-    hooks.append(model.aux["axial"].vfm.blocks[1].register_forward_pre_hook(
+    hooks = [blk.register_forward_pre_hook(record(i)) for i, blk in enumerate(model.primary["axial"].encoder.vit.blocks)]
+    hooks.append(model.aux["axial"].encoder.vit.blocks[1].register_forward_pre_hook(
         lambda mod, args: aux_len.append(args[0].shape[1]) and None))
     x = _inputs(SPEC3, b=2)
     with_int = model(x)["dx"]
@@ -106,10 +106,10 @@ def test_int_tokens_join_the_target_sequence_at_the_configured_layer(int_layer):
 def test_int_source_layer_takes_the_normalised_cls_of_that_block():
     model = _ei(SPEC2, int_source_layer=1)
     grabbed = []
-    model.aux["scope"].vfm.blocks[0].register_forward_hook(lambda mod, args, out: grabbed.append(out[:, 0]))
+    model.aux["scope"].encoder.vit.blocks[0].register_forward_hook(lambda mod, args, out: grabbed.append(out[:, 0]))
     x = _inputs(SPEC2)
     source = model.forward_branches(x).int_source["scope"]
-    torch.testing.assert_close(source, model.aux["scope"].vfm.norm(grabbed[0]))
+    torch.testing.assert_close(source, model.aux["scope"].encoder.vit.norm(grabbed[0]))
     last = _ei(SPEC2).forward_branches(x).int_source["scope"]
     final = model.aux["scope"].encode(x["scope"])[0][:, 0, 0]
     torch.testing.assert_close(last, final)
@@ -124,7 +124,7 @@ def test_only_adapters_heads_int_adapters_and_gate_train():
     pattern = re.compile(r"\.(experts|router)\.|\.heads\.|^int_adapters\.|^gate\.")
     assert trainable and all(pattern.search(n) for n in trainable), [n for n in trainable if not pattern.search(n)]
     frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
-    assert all(".vfm." in n for n in frozen) and any("base_layer" in n for n in frozen)
+    assert all(".encoder.vit." in n for n in frozen) and any("base_layer" in n for n in frozen)
     assert {n.split(".")[0] for n in trainable} == {"aux", "primary", "int_adapters", "gate"}
     out = model(_inputs(SPEC2))
     loss = out["dx"].sum() + sum(w * sum(z.sum() for z in t.values()) for w, t in out[AUX_KEY].values())
@@ -139,7 +139,7 @@ def test_only_adapters_heads_int_adapters_and_gate_train():
     frozen_vfm = _ei(SPEC2, vfm_peft="lp")
     assert {n.split(".")[0] for n, p in frozen_vfm.named_parameters() if p.requires_grad} == {
         "aux", "primary", "int_adapters", "gate"}
-    assert all(".heads." in n for n, p in frozen_vfm.named_parameters() if p.requires_grad and ".vfm." not in n
+    assert all(".heads." in n for n, p in frozen_vfm.named_parameters() if p.requires_grad and ".encoder.vit." not in n
                and n.startswith(("aux", "primary")))
 
 
@@ -175,7 +175,7 @@ def test_missing_modality_content_is_ignored_and_takes_no_gate_weight():
 def test_missing_reference_adds_no_int_token_to_that_case():
     model = _ei(SPEC3)
     lengths = []
-    model.primary["axial"].vfm.blocks[0].register_forward_pre_hook(
+    model.primary["axial"].encoder.vit.blocks[0].register_forward_pre_hook(
         lambda m, a: lengths.append(tuple(a[0].shape[:2])) and None)
     x = _inputs(SPEC3, b=3)
     present = {"axial": torch.tensor([True, True, True]), "coronal": torch.tensor([True, False, False]),
@@ -191,18 +191,18 @@ def test_slices_are_encoded_one_by_one_and_max_pooled_in_the_unimodal_model():
     torch.manual_seed(0)
     spec = _spec(stack=6)  # two RGB slices
     model = create_model("ei_unimodal", spec=spec, modality="stack", vfm="tiny_dinov2").eval()
-    assert (model.num_slices, model.slice_chans) == (2, 3)
+    assert tuple(model.encoder.layout[:2]) == (2, 3)
     x = torch.rand(2, 6, S, S)
-    norm = [(x[:, 3 * i: 3 * i + 3] - model.mean) / model.std for i in range(2)]
-    per_slice = [model.heads(model.vfm.forward_features(n)[:, 0])["dx"] for n in norm]
+    norm = [model.encoder.input_norm(x[:, 3 * i: 3 * i + 3]) for i in range(2)]
+    per_slice = [model.heads(model.encoder.vit.forward_features(n)[:, 0])["dx"] for n in norm]
     torch.testing.assert_close(model({"stack": x})["dx"], torch.maximum(*per_slice))
     grey = create_model("ei_unimodal", spec=_spec(g=4), modality="g", vfm="tiny_dinov2")
-    assert (grey.num_slices, grey.slice_chans) == (4, 1)
-    assert grey.to_slices(torch.rand(2, 4, S, S)).shape == (8, 3, S, S)
+    assert tuple(grey.encoder.layout[:2]) == (4, 1)
+    assert grey.encoder.to_slices(torch.rand(2, 4, S, S)).shape == (8, 3, S, S)
     vol = DatasetSpec.model_validate({"name": "v", "modalities": {"v": {"kind": "volume", "size": [3, S, S]}},
                                       "tasks": {"dx": {"type": "binary", "classes": ["n", "p"]}}})
     vm = create_model("ei_unimodal", spec=vol, modality="v", vfm="tiny_dinov2")
-    assert vm.num_slices == 3 and vm({"v": torch.rand(2, 1, 3, S, S)})["dx"].shape == (2, 2)
+    assert vm.encoder.num_slices == 3 and vm({"v": torch.rand(2, 1, 3, S, S)})["dx"].shape == (2, 2)
     with pytest.raises(ConfigError, match=r"slices.stack=4.*6 channels"):
         create_model("ei_unimodal", spec=spec, modality="stack", vfm="tiny_dinov2", slices={"stack": 4})
 
@@ -211,9 +211,9 @@ def test_inputs_are_normalised_with_clip_statistics_inside_the_model():
     model = _ei(SPEC2)
     x = torch.rand(2, 3, S, S)
     mean, std = torch.tensor(OPENAI_CLIP_MEAN).view(1, 3, 1, 1), torch.tensor(OPENAI_CLIP_STD).view(1, 3, 1, 1)
-    torch.testing.assert_close(model.aux["photo"].to_slices(x), (x - mean) / std)
+    torch.testing.assert_close(model.aux["photo"].encoder.to_slices(x), (x - mean) / std)
     grey = torch.rand(2, 1, S, S)
-    torch.testing.assert_close(model.aux["scope"].to_slices(grey), (grey.expand(-1, 3, -1, -1) - mean) / std)
+    torch.testing.assert_close(model.aux["scope"].encoder.to_slices(grey), (grey.expand(-1, 3, -1, -1) - mean) / std)
     normed = DatasetSpec.model_validate({**SPEC2.model_dump(), "modalities": {
         "photo": {"kind": "image", "size": [S, S], "mean": [0.5] * 3, "std": [0.2] * 3},
         "scope": {"kind": "image", "channels": 1, "size": [S, S]}}})
@@ -231,9 +231,9 @@ def test_clip_vfm_is_built_for_the_input_size_from_the_base_checkpoint(tmp_path)
     model = create_model("ei", spec=spec, vfm="tiny_clip", vfm_options={"act_layer": "gelu"},
                          vfm_checkpoint=str(tmp_path / "clip.safetensors"))
     for branch in (model.aux["photo"], model.primary["scope"]):
-        assert branch.vfm.grid_size == (2, 2) and branch.vfm.pos_embed.shape == (1, 5, 32)
-        torch.testing.assert_close(branch.vfm.patch_embed.proj.weight, published.patch_embed.proj.weight)
-        torch.testing.assert_close(branch.vfm.blocks[1].mlp.fc2.base_layer.weight, published.blocks[1].mlp.fc2.weight)
+        assert branch.encoder.vit.grid_size == (2, 2) and branch.encoder.vit.pos_embed.shape == (1, 5, 32)
+        torch.testing.assert_close(branch.encoder.vit.patch_embed.proj.weight, published.patch_embed.proj.weight)
+        torch.testing.assert_close(branch.encoder.vit.blocks[1].mlp.fc2.base_layer.weight, published.blocks[1].mlp.fc2.weight)
     assert model({m: torch.rand(2, v.channels, 32, 32) for m, v in spec.modalities.items()})["dx"].shape == (2, 3)
 
 
@@ -268,7 +268,7 @@ def test_init_from_unimodal_runs(tmp_path):
             torch.testing.assert_close(primary[k], v, msg=k)
     assert not torch.equal(primary["heads.heads.dx.weight"], uni_state["heads.heads.dx.weight"])  # fresh heads
     assert model.primary["photo"].heads.heads["dx"].weight.requires_grad
-    assert not model.primary["photo"].vfm.blocks[0].mlp.fc1.base_layer.weight.requires_grad
+    assert not model.primary["photo"].encoder.vit.blocks[0].mlp.fc1.base_layer.weight.requires_grad
     with pytest.raises(CheckpointError, match="does not fit UnimodalVFM"):
         _ei(SPEC2, init_runs={"photo": str(tmp_path)}, vfm_peft="lora")
     with pytest.raises(ConfigError, match="init_runs names 'ct'"):
