@@ -63,7 +63,8 @@ class MultimodalDataModule(L.LightningDataModule):
             if self.encoder_state and m in self.encoder_state:
                 enc.stats = {k: tuple(v) for k, v in self.encoder_state[m].items()}
             else:
-                enc.fit(c.inputs.get(m) for c in train_cases if self.table.present(c, m))
+                cases = [c for c in train_cases if self.table.present(c, m)]
+                enc.fit([c.inputs.get(m) for c in cases], [c.case_id for c in cases])
             self.encoders[m] = enc
         cache = DecodeCache(self.cfg.cache_dir) if self.cfg.cache_dir else None
         volume_tf = build_volume_transform(self.cfg.augment.get("volume", []))
