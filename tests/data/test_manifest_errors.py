@@ -71,3 +71,17 @@ def test_multilabel_none_differs_from_unknown():
     np.testing.assert_array_equal(encode_label("f", task, "acl|meniscus", case_id="c"), [1, 1])
     with pytest.raises(DataError, match="'none' cannot be combined"):
         encode_label("f", task, "acl|none", case_id="c")
+
+
+def test_predict_manifest_accepts_dataset_yaml_and_csv(tmp_path):
+    from mmdiag.evaluation.infer import manifest_frame
+
+    yaml_path = write_manifest_dataset(tmp_path / "d", n_cases=4)
+    _declare(yaml_path, root="..", case_id_column="patient_id")
+    df, root, source = manifest_frame(yaml_path)
+    assert root == tmp_path and source.endswith("cases.csv") and list(df["case_id"]) == ["p000", "p000", "p001", "p001"]
+    df2, root2, _ = manifest_frame(tmp_path / "d" / "cases.csv")
+    assert root2 == tmp_path / "d" and len(df2) == 4
+    (tmp_path / "empty.csv").write_bytes(b"")
+    with pytest.raises(DataError, match="empty.csv.*empty"):
+        manifest_frame(tmp_path / "empty.csv")

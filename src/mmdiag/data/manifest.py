@@ -39,7 +39,8 @@ from mmdiag.data.schema import DatasetSpec, TabularModality, TaskSpec
 from mmdiag.data.table import CaseRecord, CaseTable
 from mmdiag.errors import ConfigError, DataError, close_matches
 
-__all__ = ["ManifestDataset", "load_manifest_dataset", "encode_label", "read_manifest_csv", "NONE_LABEL"]
+__all__ = ["ManifestDataset", "load_manifest_dataset", "encode_label", "read_manifest_csv", "read_dataset_yaml",
+           "NONE_LABEL"]
 
 NONE_LABEL = "none"
 """A multi-label cell holding this word: no label is positive (an empty cell: unknown)."""
@@ -105,7 +106,16 @@ def load_manifest_dataset(path: str | os.PathLike) -> CaseTable:
         ConfigError: the YAML is invalid (naming the file and the key).
         DataError: the manifest is missing, lacks a declared column, or holds a bad label or duplicate case id.
     """
-    path = Path(path)
+    desc, csv, root = read_dataset_yaml(Path(path))
+    return table_from_frame(read_manifest_csv(csv), desc, root, source=str(csv))
+
+
+def read_dataset_yaml(path: Path) -> tuple[ManifestDataset, Path, Path]:
+    """Validate a ``dataset.yaml``; returns it, its CSV manifest's path and the root of relative file paths.
+
+    Raises:
+        DataError: the YAML or its manifest does not exist. ConfigError: the YAML is invalid or breaks the schema.
+    """
     if not path.is_file():
         raise DataError(f"dataset file {str(path)!r} does not exist")
     try:
@@ -120,8 +130,7 @@ def load_manifest_dataset(path: str | os.PathLike) -> CaseTable:
     csv = (path.parent / desc.manifest).resolve()
     if not csv.is_file():
         raise DataError(f"{path}: manifest {str(csv)!r} does not exist", path=str(csv))
-    root = (path.parent / desc.root).resolve() if desc.root else csv.parent
-    return table_from_frame(read_manifest_csv(csv), desc, root, source=str(csv))
+    return desc, csv, (path.parent / desc.root).resolve() if desc.root else csv.parent
 
 
 def read_manifest_csv(path: str | os.PathLike) -> pd.DataFrame:

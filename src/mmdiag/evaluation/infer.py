@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 
 from mmdiag.config.load import load_config
 from mmdiag.data.dataset import CaseDataset, collate_cases
-from mmdiag.data.manifest import ManifestDataset, table_from_frame
+from mmdiag.data.manifest import ManifestDataset, read_dataset_yaml, read_manifest_csv, table_from_frame
 from mmdiag.data.schema import DatasetSpec, TabularModality
 from mmdiag.data.tabular import TabularEncoder
 from mmdiag.data.transforms import BatchTransform
@@ -26,7 +26,7 @@ from mmdiag.evaluation.report import write_predictions_csv
 from mmdiag.io.checkpoint import load_checkpoint
 from mmdiag.models._builder import build_for_dataset
 
-__all__ = ["Predictor", "predict_cases"]
+__all__ = ["Predictor", "predict_cases", "manifest_frame"]
 
 
 class Predictor:
@@ -88,6 +88,25 @@ def _case_frame(spec: DatasetSpec, items: list[str]) -> pd.DataFrame:
     return pd.DataFrame([row])
 
 
+def manifest_frame(path: Path) -> tuple[pd.DataFrame, Path, str]:
+    """The cases to predict, their path root and source: a ``dataset.yaml`` (its manifest, ``root`` and
+    ``case_id_column``) or a CSV manifest (paths relative to its folder).
+
+    Raises:
+        DataError: the file is missing, empty, or not a valid dataset.yaml / CSV (naming it).
+    """
+    path = path.resolve()
+    if not path.is_file():
+        raise DataError(f"manifest {str(path)!r} does not exist", path=str(path))
+    if path.suffix.lower() not in (".yaml", ".yml"):
+        return read_manifest_csv(path), path.parent, str(path)
+    desc, csv, root = read_dataset_yaml(path)
+    df = read_manifest_csv(csv)
+    if desc.case_id_column != "case_id" and desc.case_id_column in df.columns:
+        df = df.drop(columns=["case_id"], errors="ignore").rename(columns={desc.case_id_column: "case_id"})
+    return df, root, str(csv)
+
+
 def predict_cases(run_dir: str | Path, manifest: str | None = None, case: list[str] | None = None,
                   output: str | None = None) -> dict[str, Any] | str:
     """Probabilities for one case (``case``: ``MODALITY=PATH`` / ``MODALITY.FIELD=VALUE`` items) or a CSV manifest.
@@ -102,10 +121,8 @@ def predict_cases(run_dir: str | Path, manifest: str | None = None, case: list[s
         return {t: {c: round(float(p), 6) for c, p in zip(spec.tasks[t].classes, preds.y_prob[t][0])}
                 for t in spec.tasks}
     path = Path(manifest)
-    if not path.is_file():
-        raise DataError(f"manifest {str(path)!r} does not exist", path=str(path))
-    df = pd.read_csv(path, dtype=str, keep_default_na=False)
-    preds = predictor.predict_frame(df, path.parent, str(path))
+    df, root, source = manifest_frame(path)
+    preds = predictor.predict_frame(df, root, source)
     out = Path(output) if output else Path(run_dir) / f"predictions_{path.stem}.csv"
     write_predictions_csv(spec, preds, out, split="predict")
     return str(out)
