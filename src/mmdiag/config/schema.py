@@ -59,10 +59,22 @@ class DataConfig(_Section):
     verify: bool = Field(True, description="decode every case once before training to find unreadable files")
     on_bad_case: Literal["error", "skip"] = "error"
     modalities: list[str] | None = Field(None, description="use only these modalities (default: all)")
+    modality_dropout: dict[str, float] = Field(
+        default_factory=dict,
+        description="training only: per modality, the probability that a case's modality is dropped (present=False, "
+                    "tensor zeroed); a case never loses every modality")
     augment: dict[str, list[dict[str, Any]]] = Field(
         default_factory=dict,
         description="per modality kind ('image' → kornia.augmentation, 'volume' → monai.transforms): list of "
                     "{name: ClassName, **kwargs}")
+
+
+    @model_validator(mode="after")
+    def _dropout_rates(self) -> DataConfig:
+        bad = {m: p for m, p in self.modality_dropout.items() if not 0.0 <= p < 1.0}
+        if bad:
+            raise ValueError(f"modality_dropout rates must be in [0, 1); got {bad}")
+        return self
 
 
 class ModelConfig(_Section):

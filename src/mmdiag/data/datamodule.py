@@ -16,7 +16,7 @@ from mmdiag.data.splits import Split, make_split, stratify_labels
 from mmdiag.data.table import CaseTable
 from mmdiag.data.tabular import TabularEncoder
 from mmdiag.data.transforms import build_volume_transform
-from mmdiag.errors import ConfigError
+from mmdiag.errors import ConfigError, close_matches
 
 __all__ = ["MultimodalDataModule"]
 
@@ -44,6 +44,12 @@ class MultimodalDataModule(L.LightningDataModule):
             raise ConfigError(f"data.modalities names {unknown}; dataset {table.spec.name!r} has "
                               f"{list(table.spec.modalities)}")
         self.spec = table.spec.restrict(self.modalities)
+        for m in cfg.modality_dropout:
+            if m not in self.modalities:
+                hint = close_matches(m, self.modalities)
+                raise ConfigError(f"data.modality_dropout.{m}: {m!r} is not a modality of this run"
+                                  + (f"; did you mean {', '.join(map(repr, hint))}?" if hint else "")
+                                  + f" (modalities: {self.modalities})")
         self.split = split
         self.encoder_state = encoder_state
         self.encoders: dict[str, TabularEncoder] = {}
@@ -70,7 +76,8 @@ class MultimodalDataModule(L.LightningDataModule):
         volume_tf = build_volume_transform(self.cfg.augment.get("volume", []))
         for name, idx in self.split.items():
             ds = CaseDataset(self.table, idx, self.encoders, modalities=self.modalities, train=name == "train",
-                             seed=self.seed, cache=cache, volume_transform=volume_tf)
+                             seed=self.seed, cache=cache, volume_transform=volume_tf,
+                             modality_dropout=self.cfg.modality_dropout if name == "train" else None)
             if self.cfg.verify:
                 self.bad_cases += [{**b, "split": name} for b in ds.verify(self.cfg.on_bad_case)]
             self.datasets[name] = ds
