@@ -10,7 +10,7 @@ from mmdiag.cli.main import main
 
 BASELINES = ["coscat", "mm_mil", "sfusion", "raddiag", "dynmm", "mmrad", "unimodel", "mm_mil_mor", "mmrad_mor"]
 TINY = ["data.options.image_size=28", "trainer.max_epochs=1", "trainer.enable_progress_bar=false",
-        "data.batch_size=4", "data.verify=false", "data.augment={}"]  # the configs' crops are sized for 448-512 px
+        "data.batch_size=4", "data.verify=false", "data.augment={}", "data.epoch_size=null"]  # the configs' crops are sized for 448-512 px
 
 
 @pytest.mark.slow

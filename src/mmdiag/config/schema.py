@@ -54,7 +54,15 @@ class DataConfig(_Section):
     num_workers: int = Field(0, ge=0)
     split: SplitConfig = SplitConfig()
     sampling: Literal["uniform", "oversample"] = Field(
-        "uniform", description="oversample: draw training cases with probability ∝ 1 / class frequency (main task)")
+        "uniform", description="oversample: draw training cases with replacement, every stratum of the main task (a "
+                               "class, or a label combination of a multi-label task) equally often unless "
+                               "oversample_shares says otherwise")
+    epoch_size: int | None = Field(
+        None, ge=1, description="oversample: cases drawn per epoch (default: the number of training cases)")
+    oversample_shares: dict[str, float] = Field(
+        default_factory=dict,
+        description="oversample: relative share of each stratum of the main task in an epoch: a class name, or the "
+                    "positive labels joined by '|' in class order ('none': no positive label); default: equal")
     cache_dir: str | None = Field(None, description="on-disk cache of decoded, resized images/volumes")
     verify: bool = Field(True, description="decode every case once before training to find unreadable files")
     on_bad_case: Literal["error", "skip"] = "error"
@@ -68,6 +76,15 @@ class DataConfig(_Section):
         description="per modality kind ('image' → kornia.augmentation, 'volume' → monai.transforms): list of "
                     "{name: ClassName, **kwargs}")
 
+
+    @model_validator(mode="after")
+    def _sampling_options(self) -> DataConfig:
+        if self.sampling != "oversample" and (self.epoch_size is not None or self.oversample_shares):
+            raise ValueError("epoch_size and oversample_shares apply to sampling: oversample only")
+        bad = {k: v for k, v in self.oversample_shares.items() if not v > 0}
+        if bad:
+            raise ValueError(f"oversample_shares must be positive; got {bad}")
+        return self
 
     @model_validator(mode="after")
     def _dropout_rates(self) -> DataConfig:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from typing import Any
 
 import lightning as L
@@ -12,7 +13,7 @@ from torch.utils.data import DataLoader
 from mmdiag.config.schema import DataConfig
 from mmdiag.data.dataset import CaseDataset, EpochSampler, collate_cases
 from mmdiag.data.readers import DecodeCache
-from mmdiag.data.splits import Split, make_split, stratify_labels
+from mmdiag.data.splits import Split, make_split, stratum_names
 from mmdiag.data.table import CaseTable
 from mmdiag.data.tabular import TabularEncoder
 from mmdiag.data.transforms import build_volume_transform
@@ -94,14 +95,25 @@ class MultimodalDataModule(L.LightningDataModule):
             raise ConfigError(f"data.batch_size={batch} is the global batch; it must divide evenly over {world} "
                               f"processes")
         weights = self._oversample_weights(ds) if train and self.cfg.sampling == "oversample" else None
-        sampler = EpochSampler(len(ds), seed=self.seed, weights=weights, shuffle=train, num_replicas=world, rank=rank)
+        sampler = EpochSampler(len(ds), seed=self.seed, weights=weights, shuffle=train, num_replicas=world, rank=rank,
+                               num_samples=self.cfg.epoch_size if weights is not None else None)
         return DataLoader(ds, batch_size=batch // world, sampler=sampler, collate_fn=collate_cases,
                           num_workers=self.cfg.num_workers, persistent_workers=self.cfg.num_workers > 0)
 
     def _oversample_weights(self, ds: CaseDataset) -> np.ndarray:
-        strata = stratify_labels(self.table)[ds.indices]
-        counts = {s: (strata == s).sum() for s in np.unique(strata)}
-        return np.array([1.0 / counts[s] for s in strata])
+        """Per training case: its stratum's share (``data.oversample_shares``, default equal) / the stratum's size."""
+        strata = stratum_names(self.table, ds.indices)
+        counts = Counter(strata)
+        shares = self.cfg.oversample_shares or dict.fromkeys(counts, 1.0)
+        unnamed = sorted(set(counts) - set(shares))
+        unknown = sorted(set(shares) - set(counts))
+        if unnamed or unknown:
+            raise ConfigError(
+                "data.oversample_shares must name every stratum of the training cases: "
+                + (f"missing {unnamed}; " if unnamed else "") + (f"not in the training cases {unknown}; " if unknown
+                                                                else "")
+                + f"strata (main task {self.table.spec.main_task!r}): {dict(counts)}")
+        return np.array([shares[s] / counts[s] for s in strata])
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", True)

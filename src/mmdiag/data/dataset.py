@@ -154,18 +154,20 @@ class EpochSampler(Sampler[int]):
     Args:
         n: dataset length.
         seed: base seed.
-        weights: optional per-item sampling weights (oversampling draws ``n`` items with replacement).
+        weights: optional per-item sampling weights (oversampling draws ``num_samples`` items with replacement).
         shuffle: shuffle at all (evaluation loaders do not).
         num_replicas: number of ranks; rank: this rank.
+        num_samples: with ``weights``, items drawn per epoch (default ``n``).
     """
 
     def __init__(self, n: int, *, seed: int = 0, weights: Sequence[float] | None = None, shuffle: bool = True,
-                 num_replicas: int = 1, rank: int = 0):
+                 num_replicas: int = 1, rank: int = 0, num_samples: int | None = None):
         self.n, self.seed, self.shuffle = n, seed, shuffle
         self.weights = None if weights is None else torch.as_tensor(weights, dtype=torch.double)
+        self.num_samples = num_samples if weights is not None and num_samples else n
         self.num_replicas, self.rank = num_replicas, rank
         self.epoch = 0
-        self.per_rank = math.ceil(n / num_replicas)
+        self.per_rank = math.ceil(self.num_samples / num_replicas)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -173,7 +175,7 @@ class EpochSampler(Sampler[int]):
     def __iter__(self):
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         if self.weights is not None:
-            order = torch.multinomial(self.weights, self.n, replacement=True, generator=g).tolist()
+            order = torch.multinomial(self.weights, self.num_samples, replacement=True, generator=g).tolist()
         elif self.shuffle:
             order = torch.randperm(self.n, generator=g).tolist()
         else:

@@ -68,7 +68,7 @@ def stage_configs(cfg: ExperimentConfig, modalities: list[str]) -> dict[str, Exp
             options["slices"] = {k: v for k, v in shared["slices"].items() if k == m}
         stage = {**raw, "name": f"{cfg.name}.stage1_{m}", "recipe": None,
                  "model": {"name": "ei_unimodal", "options": options},
-                 "data": {**raw["data"], "modalities": [m]}}
+                 "data": {**raw["data"], "modalities": [m], "modality_dropout": {}}}  # one modality: never dropped
         out[f"stage1_{m}"] = ExperimentConfig.model_validate(stage)
     return out
 
