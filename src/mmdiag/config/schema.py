@@ -19,6 +19,7 @@ __all__ = [
     "ScheduleConfig",
     "EarlyStoppingConfig",
     "TrainerConfig",
+    "EvalConfig",
     "ExperimentConfig",
 ]
 
@@ -158,6 +159,17 @@ class TrainerConfig(_Section):
     check_val_every_n_epoch: int = Field(1, ge=1)
 
 
+class EvalConfig(_Section):
+    """How predictions are scored (validation metrics, the test report, predictions.csv)."""
+
+    score: Literal["probability", "sigmoid"] = Field(
+        "probability",
+        description="score of each class for AUC / AP / ROC: 'probability' = softmax over the classes of a "
+                    "single-label task (sigmoid per label for multi-label tasks); 'sigmoid' = each class's own "
+                    "sigmoid (float64), which ranks cases exactly as the raw logits do (EI's protocol). The predicted "
+                    "class (argmax, or > 0.5 per label) is the same either way")
+
+
 class ExperimentConfig(_Section):
     """A whole experiment: data, model, loss, optimisation and the trainer."""
 
@@ -172,3 +184,4 @@ class ExperimentConfig(_Section):
     optim: OptimConfig = OptimConfig()
     schedule: ScheduleConfig = ScheduleConfig()
     trainer: TrainerConfig = TrainerConfig()
+    eval: EvalConfig = EvalConfig()

@@ -59,7 +59,7 @@ class Predictor:
         loader = DataLoader(ds, batch_size=self.cfg.data.eval_batch_size or self.cfg.data.batch_size,
                             collate_fn=collate_cases)
         return predict_loader(self.model, self.spec, loader, self.transform,
-                              "cuda" if torch.cuda.is_available() else "cpu")
+                              "cuda" if torch.cuda.is_available() else "cpu", score=self.cfg.eval.score)
 
 
 def _case_frame(spec: DatasetSpec, items: list[str]) -> pd.DataFrame:

@@ -72,7 +72,7 @@ def write_predictions_csv(spec: DatasetSpec, preds: Predictions, path: str | Pat
     """One row per case: id, split, true label per task, probability per task and class.
 
     Labels are written as a manifest writes them (empty = unknown; multi-label: positives joined by ``|``, or
-    ``none``), and probabilities with 9 significant digits, which round-trip float32 exactly, so the metrics
+    ``none``), and scores with the digits that round-trip them exactly (9 for float32, 17 for float64), so the metrics
     recomputed from this file equal ``metrics.json``.
     """
     cols: dict[str, Any] = {"case_id": preds.case_ids, "split": [split] * len(preds.case_ids)}
@@ -84,7 +84,9 @@ def write_predictions_csv(spec: DatasetSpec, preds: Predictions, path: str | Pat
         else:
             cols[f"{t}.true"] = [task.classes[int(v)] if v >= 0 else "" for v in y]
         for j, c in enumerate(task.classes):
-            cols[f"{t}.prob.{c}"] = [f"{v:.9g}" for v in np.asarray(preds.y_prob[t][:, j], dtype=np.float32)]
+            p = np.asarray(preds.y_prob[t][:, j])
+            digits = 9 if p.dtype == np.float32 else 17  # enough to round-trip the value exactly
+            cols[f"{t}.prob.{c}"] = [f"{v:.{digits}g}" for v in p]
     buf = io.StringIO()
     pd.DataFrame(cols).to_csv(buf, index=False)
     atomic_write_text(path, buf.getvalue())

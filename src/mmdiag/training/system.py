@@ -30,8 +30,15 @@ __all__ = ["MultimodalSystem", "probabilities"]
 _LOGGED = ("acc", "balanced_acc", "auc", "f1", "map", "s2", "sensitivity", "specificity")
 
 
-def probabilities(spec: DatasetSpec, logits: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Softmax for single-label tasks, sigmoid for multi-label ones."""
+def probabilities(spec: DatasetSpec, logits: dict[str, torch.Tensor], score: str = "probability"
+                  ) -> dict[str, torch.Tensor]:
+    """Per-class scores in [0, 1] (``eval.score``).
+
+    ``probability``: softmax for single-label tasks, sigmoid for multi-label ones. ``sigmoid``: every class's own
+    sigmoid in float64 (ranks cases as the raw logits do, without float32's saturation at |logit| > 17).
+    """
+    if score == "sigmoid":
+        return {t: z.double().sigmoid() for t, z in logits.items() if t in spec.tasks}
     return {t: (z.float().sigmoid() if spec.tasks[t].type == "multilabel" else z.float().softmax(-1))
             for t, z in logits.items() if t in spec.tasks}
 
@@ -47,15 +54,17 @@ class MultimodalSystem(L.LightningModule):
         max_epochs: for the schedule.
         batch_transform: augmentation + normalisation applied on the device.
         seed: base of the per-step seeds of the global generator (see ``on_after_batch_transfer``).
+        score: ``eval.score`` of the validation metrics (see :func:`probabilities`).
     """
 
     def __init__(self, model: nn.Module, spec: DatasetSpec, loss: MultiTaskLoss, optim: OptimConfig,
-                 schedule: ScheduleConfig, max_epochs: int, batch_transform: BatchTransform, seed: int = 0):
+                 schedule: ScheduleConfig, max_epochs: int, batch_transform: BatchTransform, seed: int = 0,
+                 score: str = "probability"):
         super().__init__()
         self.model, self.spec, self.loss = model, spec, loss
         self.optim_cfg, self.schedule_cfg, self.max_epochs = optim, schedule, max_epochs
         self.batch_transform = batch_transform
-        self.seed = seed
+        self.seed, self.score = seed, score
         self._val: list[dict[str, Any]] = []
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -99,7 +108,7 @@ class MultimodalSystem(L.LightningModule):
         total, _ = self._loss(out, batch["labels"])
         logits = {t: out[t] for t in self.spec.tasks}
         self.log("val/loss", total, on_epoch=True, batch_size=len(batch["case_id"]), sync_dist=True)
-        self._val.append({"index": batch["index"], "probs": probabilities(self.spec, logits),
+        self._val.append({"index": batch["index"], "probs": probabilities(self.spec, logits, self.score),
                           "labels": batch["labels"]})
 
     def on_validation_epoch_end(self) -> None:
