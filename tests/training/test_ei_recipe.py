@@ -124,3 +124,39 @@ def test_protocol_configs_build_ei_on_the_native_layouts(tmp_path, name, writer)
     assert out[task].shape == (2, spec.tasks[task].num_outputs)
     slices = {"ei_mrnet": 4}.get(name, 1)
     assert all(model.primary[m].encoder.num_slices == slices for m in modalities)
+
+
+@pytest.mark.slow
+def test_prior_from_the_training_cases(tmp_path, manifest_yaml):
+    from mmdiag.training.ei_recipe import training_score
+
+    run_experiment(_cfg(tmp_path, manifest_yaml, "model.options.prior_modality=best_train"))
+    record = json.loads((tmp_path / "ei" / "recipe.json").read_text())
+    assert record["prior_rule"] == "best_train"
+    train = {m: r["train"] for m, r in record["stage1"].items()}
+    assert all(0.0 <= s <= 1.0 for s in train.values())
+    assert record["prior_modality"] == _prior(train, "max", "val/mean/map")
+    final = yaml.safe_load((tmp_path / "ei" / "stage2_ei" / "config.yaml").read_text())
+    assert final["model"]["options"]["prior_modality"] == record["prior_modality"]
+    # the recorded score is the stage-1 model's mAP on its training split, recomputed here through other code
+    import numpy as np
+    from sklearn.metrics import average_precision_score
+
+    from mmdiag.evaluation.infer import Predictor
+    from mmdiag.evaluation.predict import predict_loader
+    from mmdiag.evaluation.robustness import load_run_data
+
+    stage = tmp_path / "ei" / "stage1_photo"
+    predictor = Predictor(stage)
+    loader, _ = load_run_data(predictor, stage, "train")  # PNG cases: the training dataset reads as in evaluation
+    preds = predict_loader(predictor.model, predictor.spec, loader, predictor.transform)
+    y, p = preds.y_true["diagnosis"], preds.y_prob["diagnosis"]
+    expected = np.mean([average_precision_score(y == c, p[:, c]) for c in (0, 1)])
+    assert train["photo"] == pytest.approx(expected, abs=1e-12)
+    with pytest.raises(ConfigError, match="val/loss"):
+        training_score(stage, "val/loss")
+
+
+def test_prior_rule_or_modality_is_checked(tmp_path, manifest_yaml):
+    with pytest.raises(ConfigError, match=r"prior_modality='best_trian'.*best_train"):
+        run_experiment(_cfg(tmp_path, manifest_yaml, "model.options.prior_modality=best_trian"))

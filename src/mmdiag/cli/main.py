@@ -150,10 +150,11 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("predict", help="probabilities for one case or a manifest, from a finished run")
     pr.add_argument("--run", required=True, help="run folder")
     src = pr.add_mutually_exclusive_group(required=True)
-    src.add_argument("--manifest", help="dataset.yaml of the cases to predict (label columns may be empty)")
+    src.add_argument("--manifest", help="the cases to predict: a CSV manifest (file paths relative to its folder) or "
+                                        "a dataset.yaml (its manifest and root); label columns may be empty or absent")
     src.add_argument("--input", action="append", metavar="MODALITY=PATH|FIELD=VALUE",
                      help="one case: an image/volume path per modality, record fields as modality.field=value")
-    pr.add_argument("--output", help="CSV to write (manifest mode; default: print)")
+    pr.add_argument("--output", help="CSV to write (manifest mode; default: RUN/predictions_<manifest name>.csv)")
     pr.set_defaults(fn=_predict)
 
     c = sub.add_parser("cv", help="k-fold cross-validation (patient-grouped), mean ± std over folds")

@@ -19,6 +19,7 @@ __all__ = [
     "ScheduleConfig",
     "EarlyStoppingConfig",
     "TrainerConfig",
+    "EvalConfig",
     "ExperimentConfig",
 ]
 
@@ -54,15 +55,44 @@ class DataConfig(_Section):
     num_workers: int = Field(0, ge=0)
     split: SplitConfig = SplitConfig()
     sampling: Literal["uniform", "oversample"] = Field(
-        "uniform", description="oversample: draw training cases with probability ∝ 1 / class frequency (main task)")
+        "uniform", description="oversample: draw training cases with replacement, every stratum of the main task (a "
+                               "class, or a label combination of a multi-label task) equally often unless "
+                               "oversample_shares says otherwise")
+    epoch_size: int | None = Field(
+        None, ge=1, description="oversample: cases drawn per epoch (default: the number of training cases)")
+    oversample_shares: dict[str, float] = Field(
+        default_factory=dict,
+        description="oversample: relative share of each stratum of the main task in an epoch: a class name, or the "
+                    "positive labels joined by '|' in class order ('none': no positive label); default: equal")
     cache_dir: str | None = Field(None, description="on-disk cache of decoded, resized images/volumes")
     verify: bool = Field(True, description="decode every case once before training to find unreadable files")
     on_bad_case: Literal["error", "skip"] = "error"
     modalities: list[str] | None = Field(None, description="use only these modalities (default: all)")
+    modality_dropout: dict[str, float] = Field(
+        default_factory=dict,
+        description="training only: per modality, the probability that a case's modality is dropped (present=False, "
+                    "tensor zeroed); a case never loses every modality")
     augment: dict[str, list[dict[str, Any]]] = Field(
         default_factory=dict,
         description="per modality kind ('image' → kornia.augmentation, 'volume' → monai.transforms): list of "
                     "{name: ClassName, **kwargs}")
+
+
+    @model_validator(mode="after")
+    def _sampling_options(self) -> DataConfig:
+        if self.sampling != "oversample" and (self.epoch_size is not None or self.oversample_shares):
+            raise ValueError("epoch_size and oversample_shares apply to sampling: oversample only")
+        bad = {k: v for k, v in self.oversample_shares.items() if not v > 0}
+        if bad:
+            raise ValueError(f"oversample_shares must be positive; got {bad}")
+        return self
+
+    @model_validator(mode="after")
+    def _dropout_rates(self) -> DataConfig:
+        bad = {m: p for m, p in self.modality_dropout.items() if not 0.0 <= p < 1.0}
+        if bad:
+            raise ValueError(f"modality_dropout rates must be in [0, 1); got {bad}")
+        return self
 
 
 class ModelConfig(_Section):
@@ -129,6 +159,17 @@ class TrainerConfig(_Section):
     check_val_every_n_epoch: int = Field(1, ge=1)
 
 
+class EvalConfig(_Section):
+    """How predictions are scored (validation metrics, the test report, predictions.csv)."""
+
+    score: Literal["probability", "sigmoid"] = Field(
+        "probability",
+        description="score of each class for AUC / AP / ROC: 'probability' = softmax over the classes of a "
+                    "single-label task (sigmoid per label for multi-label tasks); 'sigmoid' = each class's own "
+                    "sigmoid (float64), which ranks cases exactly as the raw logits do (EI's protocol). The predicted "
+                    "class (argmax, or > 0.5 per label) is the same either way")
+
+
 class ExperimentConfig(_Section):
     """A whole experiment: data, model, loss, optimisation and the trainer."""
 
@@ -143,3 +184,4 @@ class ExperimentConfig(_Section):
     optim: OptimConfig = OptimConfig()
     schedule: ScheduleConfig = ScheduleConfig()
     trainer: TrainerConfig = TrainerConfig()
+    eval: EvalConfig = EvalConfig()

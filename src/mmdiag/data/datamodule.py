@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -15,11 +16,11 @@ from mmdiag.config.schema import DataConfig, ExperimentConfig
 from mmdiag.data.dataset import CaseDataset, EpochSampler, collate_cases
 from mmdiag.data.readers import DecodeCache
 from mmdiag.data.sources import load_table
-from mmdiag.data.splits import Split, make_split, stratify_labels
+from mmdiag.data.splits import Split, make_split, stratum_names
 from mmdiag.data.table import CaseTable
 from mmdiag.data.tabular import TabularEncoder
 from mmdiag.data.transforms import build_volume_transform
-from mmdiag.errors import ConfigError
+from mmdiag.errors import ConfigError, close_matches
 
 __all__ = ["MultimodalDataModule", "datamodule_for"]
 
@@ -47,6 +48,12 @@ class MultimodalDataModule(L.LightningDataModule):
             raise ConfigError(f"data.modalities names {unknown}; dataset {table.spec.name!r} has "
                               f"{list(table.spec.modalities)}")
         self.spec = table.spec.restrict(self.modalities)
+        for m in cfg.modality_dropout:
+            if m not in self.modalities:
+                hint = close_matches(m, self.modalities)
+                raise ConfigError(f"data.modality_dropout.{m}: {m!r} is not a modality of this run"
+                                  + (f"; did you mean {', '.join(map(repr, hint))}?" if hint else "")
+                                  + f" (modalities: {self.modalities})")
         self.split = split
         self.encoder_state = encoder_state
         self.encoders: dict[str, TabularEncoder] = {}
@@ -66,13 +73,15 @@ class MultimodalDataModule(L.LightningDataModule):
             if self.encoder_state and m in self.encoder_state:
                 enc.stats = {k: tuple(v) for k, v in self.encoder_state[m].items()}
             else:
-                enc.fit(c.inputs.get(m) for c in train_cases if self.table.present(c, m))
+                cases = [c for c in train_cases if self.table.present(c, m)]
+                enc.fit([c.inputs.get(m) for c in cases], [c.case_id for c in cases])
             self.encoders[m] = enc
         cache = DecodeCache(self.cfg.cache_dir) if self.cfg.cache_dir else None
         volume_tf = build_volume_transform(self.cfg.augment.get("volume", []))
         for name, idx in self.split.items():
             ds = CaseDataset(self.table, idx, self.encoders, modalities=self.modalities, train=name == "train",
-                             seed=self.seed, cache=cache, volume_transform=volume_tf)
+                             seed=self.seed, cache=cache, volume_transform=volume_tf,
+                             modality_dropout=self.cfg.modality_dropout if name == "train" else None)
             if self.cfg.verify:
                 self.bad_cases += [{**b, "split": name} for b in ds.verify(self.cfg.on_bad_case)]
             self.datasets[name] = ds
@@ -89,14 +98,25 @@ class MultimodalDataModule(L.LightningDataModule):
             raise ConfigError(f"data.batch_size={batch} is the global batch; it must divide evenly over {world} "
                               f"processes")
         weights = self._oversample_weights(ds) if train and self.cfg.sampling == "oversample" else None
-        sampler = EpochSampler(len(ds), seed=self.seed, weights=weights, shuffle=train, num_replicas=world, rank=rank)
+        sampler = EpochSampler(len(ds), seed=self.seed, weights=weights, shuffle=train, num_replicas=world, rank=rank,
+                               num_samples=self.cfg.epoch_size if weights is not None else None)
         return DataLoader(ds, batch_size=batch // world, sampler=sampler, collate_fn=collate_cases,
                           num_workers=self.cfg.num_workers, persistent_workers=self.cfg.num_workers > 0)
 
     def _oversample_weights(self, ds: CaseDataset) -> np.ndarray:
-        strata = stratify_labels(self.table)[ds.indices]
-        counts = {s: (strata == s).sum() for s in np.unique(strata)}
-        return np.array([1.0 / counts[s] for s in strata])
+        """Per training case: its stratum's share (``data.oversample_shares``, default equal) / the stratum's size."""
+        strata = stratum_names(self.table, ds.indices)
+        counts = Counter(strata)
+        shares = self.cfg.oversample_shares or dict.fromkeys(counts, 1.0)
+        unnamed = sorted(set(counts) - set(shares))
+        unknown = sorted(set(shares) - set(counts))
+        if unnamed or unknown:
+            raise ConfigError(
+                "data.oversample_shares must name every stratum of the training cases: "
+                + (f"missing {unnamed}; " if unnamed else "") + (f"not in the training cases {unknown}; " if unknown
+                                                                else "")
+                + f"strata (main task {self.table.spec.main_task!r}): {dict(counts)}")
+        return np.array([shares[s] / counts[s] for s in strata])
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -16,9 +16,10 @@ from mmdiag.data.tabular import TabularEncoder
 from mmdiag.data.table import CaseTable
 from mmdiag.errors import DataError
 
-__all__ = ["CaseDataset", "collate_cases", "EpochSampler"]
+__all__ = ["CaseDataset", "collate_cases", "drop_modalities", "EpochSampler"]
 
 _log = logging.getLogger(__name__)
+_DROPOUT_STREAM = 0x6D64  # fourth seed word: modality dropout draws apart from the case's other random draws
 
 
 class CaseDataset(Dataset):
@@ -36,11 +37,14 @@ class CaseDataset(Dataset):
         seed: base seed.
         cache: optional decode cache.
         volume_transform: optional per-case transform of 3D volumes in training (MONAI, see ``transforms``).
+        modality_dropout: training only: per modality, the probability that a present modality is dropped (see
+            :func:`drop_modalities`).
     """
 
     def __init__(self, table: CaseTable, indices: Sequence[int], encoders: dict[str, TabularEncoder], *,
                  modalities: Sequence[str] | None = None, train: bool = False, seed: int = 0,
-                 cache: DecodeCache | None = None, volume_transform: Callable | None = None):
+                 cache: DecodeCache | None = None, volume_transform: Callable | None = None,
+                 modality_dropout: Mapping[str, float] | None = None):
         self.table = table
         self.indices = list(indices)
         self.encoders = encoders
@@ -49,6 +53,7 @@ class CaseDataset(Dataset):
         self.seed = seed
         self.cache = cache
         self.volume_transform = volume_transform
+        self.modality_dropout = {m: p for m, p in (modality_dropout or {}).items() if p > 0 and m in self.modalities}
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -65,9 +70,13 @@ class CaseDataset(Dataset):
         case = self.table.cases[index]
         rng = np.random.default_rng([self.seed, self.epoch if self.train else 0, index])
         inputs, present = {}, {}
+        dropped: set[str] = set()
+        if self.train and self.modality_dropout:
+            dropped = drop_modalities({m: self.table.present(case, m) for m in self.modalities},
+                                      self.modality_dropout, (self.seed, self.epoch, index))
         for m in self.modalities:
             spec = self.table.spec.modalities[m]
-            here = self.table.present(case, m)
+            here = self.table.present(case, m) and m not in dropped
             present[m] = here
             if spec.kind == "tabular":
                 inputs[m] = self.encoders[m].encode(case.inputs.get(m) if here else None, case_id=case.case_id)
@@ -89,18 +98,39 @@ class CaseDataset(Dataset):
             DataError: the first unreadable case when ``on_bad_case='error'`` (naming the case and the file).
         """
         bad, keep = [], []
-        for item, index in enumerate(self.indices):
-            try:
-                self[item]
-            except DataError as e:
-                if on_bad_case == "error":
-                    raise
-                _log.warning("skipping case: %s", e)
-                bad.append({"case_id": self.table.cases[index].case_id, "file": e.path or "", "error": str(e)})
-                continue
-            keep.append(index)
+        rates, self.modality_dropout = self.modality_dropout, {}  # every file is checked, dropped or not
+        try:
+            for item, index in enumerate(self.indices):
+                try:
+                    self[item]
+                except DataError as e:
+                    if on_bad_case == "error":
+                        raise
+                    _log.warning("skipping case: %s", e)
+                    bad.append({"case_id": self.table.cases[index].case_id, "file": e.path or "", "error": str(e)})
+                    continue
+                keep.append(index)
+        finally:
+            self.modality_dropout = rates
         self.indices = keep
         return bad
+
+
+def drop_modalities(present: Mapping[str, bool], rates: Mapping[str, float], key: tuple[int, int, int]) -> set[str]:
+    """The modalities of one training case to drop: each present one with its rate, never all present ones.
+
+    If the independent draws would drop every present modality, one of them (chosen uniformly) is kept, so the
+    realised rate of a modality is slightly below its ``p`` when all of a case's modalities have dropout. The draws
+    come from their own generator seeded by ``key`` = (seed, epoch, case index), so they neither disturb the
+    reading and augmentation draws nor differ between a resumed and an uninterrupted run.
+    """
+    rng = np.random.default_rng([*key, _DROPOUT_STREAM])
+    here = [m for m, ok in present.items() if ok]
+    draws = rng.random(len(here))
+    dropped = [m for m, u in zip(here, draws) if u < rates.get(m, 0.0)]
+    if here and len(dropped) == len(here):
+        dropped.pop(int(rng.integers(len(dropped))))
+    return set(dropped)
 
 
 def collate_cases(cases: list[dict[str, Any]]) -> dict[str, Any]:
@@ -124,18 +154,20 @@ class EpochSampler(Sampler[int]):
     Args:
         n: dataset length.
         seed: base seed.
-        weights: optional per-item sampling weights (oversampling draws ``n`` items with replacement).
+        weights: optional per-item sampling weights (oversampling draws ``num_samples`` items with replacement).
         shuffle: shuffle at all (evaluation loaders do not).
         num_replicas: number of ranks; rank: this rank.
+        num_samples: with ``weights``, items drawn per epoch (default ``n``).
     """
 
     def __init__(self, n: int, *, seed: int = 0, weights: Sequence[float] | None = None, shuffle: bool = True,
-                 num_replicas: int = 1, rank: int = 0):
+                 num_replicas: int = 1, rank: int = 0, num_samples: int | None = None):
         self.n, self.seed, self.shuffle = n, seed, shuffle
         self.weights = None if weights is None else torch.as_tensor(weights, dtype=torch.double)
+        self.num_samples = num_samples if weights is not None and num_samples else n
         self.num_replicas, self.rank = num_replicas, rank
         self.epoch = 0
-        self.per_rank = math.ceil(n / num_replicas)
+        self.per_rank = math.ceil(self.num_samples / num_replicas)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -143,7 +175,7 @@ class EpochSampler(Sampler[int]):
     def __iter__(self):
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         if self.weights is not None:
-            order = torch.multinomial(self.weights, self.n, replacement=True, generator=g).tolist()
+            order = torch.multinomial(self.weights, self.num_samples, replacement=True, generator=g).tolist()
         elif self.shuffle:
             order = torch.randperm(self.n, generator=g).tolist()
         else:

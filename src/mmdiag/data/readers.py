@@ -144,11 +144,21 @@ def read_image(value: str | os.PathLike | np.ndarray, spec: ImageModality, *, ca
                           lambda x, path: _finish_image(x, spec, case_id, path))
 
 
+def _channels_last(shape: tuple[int, int, int], channels: int) -> bool:
+    """Whether an (A, B, C) array is (H, W, C): its last axis has the expected channel count and its first does not,
+    or (neither matching) its last axis is the shorter end, as with RGBA or many-band arrays of any channel count."""
+    if (shape[-1] == channels) != (shape[0] == channels):
+        return shape[-1] == channels
+    return shape[-1] < shape[0]
+
+
 def _finish_image(x: torch.Tensor, spec: ImageModality, case_id: str, path: Any) -> torch.Tensor:
     if x.dim() == 2:
         x = x.unsqueeze(0)
+    elif x.dim() == 3 and _channels_last(tuple(x.shape), spec.channels):
+        x = x.permute(2, 0, 1)
     elif x.dim() == 3:
-        x = x.permute(2, 0, 1) if x.shape[-1] <= 4 and x.shape[0] > 4 else x
+        pass
     else:
         raise DataError(f"case {case_id!r}: {path} has shape {tuple(x.shape)}; expected a 2D image", case_id, str(path))
     x = to_channels(x.float(), spec.channels, case_id=case_id, path=path)

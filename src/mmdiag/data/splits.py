@@ -8,7 +8,10 @@ from sklearn.model_selection import StratifiedGroupKFold
 from mmdiag.data.table import CaseTable
 from mmdiag.errors import DataError
 
-__all__ = ["Split", "make_split", "stratify_labels"]
+__all__ = ["Split", "make_split", "stratify_labels", "stratum_names", "UNKNOWN_STRATUM"]
+
+UNKNOWN_STRATUM = "unknown"
+"""The stratum name of cases whose main-task label is unknown."""
 
 Split = dict[str, list[int]]  # {"train": [...], "val": [...], "test": [...]} of case indices
 
@@ -20,6 +23,19 @@ def stratify_labels(table: CaseTable) -> np.ndarray:
     if y.ndim == 2:
         y = np.nan_to_num(y, nan=0.0).astype(int) @ (1 << np.arange(y.shape[1]))
     return y.astype(int)
+
+
+def stratum_names(table: CaseTable, indices: list[int] | np.ndarray) -> list[str]:
+    """Readable strata of the main task for ``indices``: the class, or for a multi-label task the positive labels
+    joined by ``|`` in class order (``none`` when no label is positive); :data:`UNKNOWN_STRATUM` when unknown."""
+    from mmdiag.data.manifest import NONE_LABEL
+
+    task = table.spec.tasks[table.spec.main_task]
+    y = table.label_matrix(table.spec.main_task)[np.asarray(indices, dtype=int)]
+    if task.type == "multilabel":
+        return [UNKNOWN_STRATUM if np.isnan(r).any() else
+                "|".join(c for c, v in zip(task.classes, r) if v > 0.5) or NONE_LABEL for r in y]
+    return [task.classes[int(v)] if v >= 0 else UNKNOWN_STRATUM for v in y]
 
 
 def _group_split(idx: np.ndarray, strata: np.ndarray, groups: np.ndarray, n_splits: int, which: int, seed: int):

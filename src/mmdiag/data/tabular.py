@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -18,6 +18,14 @@ def _missing(v: Any) -> bool:
     return v is None or (isinstance(v, float) and math.isnan(v)) or (isinstance(v, str) and v.strip() == "")
 
 
+def _number(v: Any, field: str, case_id: str) -> float:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        raise DataError(f"case {case_id!r}: numeric field {field!r} has value {v!r}, which is not a number "
+                        "(leave the cell empty for a missing value)", case_id) from None
+
+
 class TabularEncoder:
     """Turns raw field values into the float vector a model sees (width = ``spec.width``).
 
@@ -29,13 +37,20 @@ class TabularEncoder:
         self.spec = spec
         self.stats = dict(stats or {})
 
-    def fit(self, rows: Iterable[Mapping[str, Any]]) -> TabularEncoder:
-        """Fit numeric means/stds on ``rows`` (raw values; missing ones ignored)."""
+    def fit(self, rows: Iterable[Mapping[str, Any]], case_ids: Sequence[str] | None = None) -> TabularEncoder:
+        """Fit numeric means/stds on ``rows`` (raw values; missing ones ignored).
+
+        Raises:
+            DataError: a non-numeric value in a numeric field (naming the case from ``case_ids``, the field and the
+                value).
+        """
         rows = list(rows)
+        ids = list(case_ids) if case_ids is not None else [f"#{i}" for i in range(len(rows))]
         for name, f in self.spec.fields.items():
             if f.type != "numeric":
                 continue
-            vals = [float(r[name]) for r in rows if r is not None and not _missing(r.get(name))]
+            vals = [_number(r.get(name), name, cid) for r, cid in zip(rows, ids)
+                    if r is not None and not _missing(r.get(name))]
             mean = sum(vals) / len(vals) if vals else 0.0
             var = sum((v - mean) ** 2 for v in vals) / max(len(vals) - 1, 1)
             self.stats[name] = (mean, math.sqrt(var) if var > 0 else 1.0)
@@ -66,10 +81,7 @@ class TabularEncoder:
                 if _missing(v):
                     out[i + 1] = 1.0
                 else:
-                    try:
-                        x = float(v)
-                    except (TypeError, ValueError):
-                        raise DataError(f"case {case_id!r}: numeric field {name!r} has value {v!r}", case_id) from None
+                    x = _number(v, name, case_id)
                     mean, std = self.stats.get(name, (0.0, 1.0))
                     out[i] = (x - mean) / std
                 i += 2

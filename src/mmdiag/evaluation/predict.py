@@ -27,8 +27,9 @@ class Predictions:
 
 @torch.no_grad()
 def predict_loader(model: nn.Module, spec: DatasetSpec, loader: DataLoader, transform: BatchTransform,
-                   device: torch.device | str = "cpu") -> Predictions:
-    """Probabilities for every case of ``loader`` (softmax per single-label task, sigmoid for multi-label)."""
+                   device: torch.device | str = "cpu", score: str = "probability") -> Predictions:
+    """Scores for every case of ``loader``: softmax per single-label task and sigmoid for multi-label ones, or with
+    ``score="sigmoid"`` every class's sigmoid (``eval.score``, see :func:`mmdiag.evaluation.scores.probabilities`)."""
     model.eval().to(device)
     transform.to(device)
     ids, truth, probs = [], {t: [] for t in spec.tasks}, {t: [] for t in spec.tasks}
@@ -36,7 +37,7 @@ def predict_loader(model: nn.Module, spec: DatasetSpec, loader: DataLoader, tran
         batch = {**batch, "inputs": {k: v.to(device) for k, v in batch["inputs"].items()},
                  "present": {k: v.to(device) for k, v in batch["present"].items()}}
         batch = transform(batch, train=False)
-        out = probabilities(spec, model(batch["inputs"], batch["present"]))
+        out = probabilities(spec, model(batch["inputs"], batch["present"]), score)
         ids += batch["case_id"]
         for t in spec.tasks:
             truth[t].append(batch["labels"][t].numpy())

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from mmdiag.data.manifest import NONE_LABEL
 from mmdiag.data.schema import DatasetSpec
 from mmdiag.evaluation.metrics import evaluate_tasks, rank_auc
 from mmdiag.evaluation.plots import plot_confusion, plot_roc, plot_training_curves
@@ -68,17 +69,24 @@ def evaluate_predictions(spec: DatasetSpec, preds: Predictions, n_boot: int = 10
 
 
 def write_predictions_csv(spec: DatasetSpec, preds: Predictions, path: str | Path, split: str = "test") -> None:
-    """One row per case: id, split, true label per task, probability per task and class."""
+    """One row per case: id, split, true label per task, probability per task and class.
+
+    Labels are written as a manifest writes them (empty = unknown; multi-label: positives joined by ``|``, or
+    ``none``), and scores with the digits that round-trip them exactly (9 for float32, 17 for float64), so the metrics
+    recomputed from this file equal ``metrics.json``.
+    """
     cols: dict[str, Any] = {"case_id": preds.case_ids, "split": [split] * len(preds.case_ids)}
     for t, task in spec.tasks.items():
         y = preds.y_true[t]
         if task.type == "multilabel":
-            cols[f"{t}.true"] = ["" if np.isnan(r).any() else "|".join(c for c, v in zip(task.classes, r) if v > 0.5)
-                                 for r in y]
+            cols[f"{t}.true"] = ["" if np.isnan(r).any() else
+                                 "|".join(c for c, v in zip(task.classes, r) if v > 0.5) or NONE_LABEL for r in y]
         else:
             cols[f"{t}.true"] = [task.classes[int(v)] if v >= 0 else "" for v in y]
         for j, c in enumerate(task.classes):
-            cols[f"{t}.prob.{c}"] = np.round(preds.y_prob[t][:, j], 6)
+            p = np.asarray(preds.y_prob[t][:, j])
+            digits = 9 if p.dtype == np.float32 else 17  # enough to round-trip the value exactly
+            cols[f"{t}.prob.{c}"] = [f"{v:.{digits}g}" for v in p]
     buf = io.StringIO()
     pd.DataFrame(cols).to_csv(buf, index=False)
     atomic_write_text(path, buf.getvalue())

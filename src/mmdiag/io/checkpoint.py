@@ -2,27 +2,70 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import pickle
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save
+from safetensors import safe_open
+from safetensors.torch import save
 
 from mmdiag.errors import CheckpointError
 from mmdiag.io.atomic import atomic_write_bytes
 
-__all__ = ["load_state_dict_file", "load_checkpoint", "save_weights"]
+__all__ = ["load_state_dict_file", "load_checkpoint", "save_weights", "is_safetensors"]
 
 _log = logging.getLogger(__name__)
 _WRAPPER_KEYS = ("state_dict", "model", "module", "state_dict_ema", "model_ema")
+_RUN_STATE_KEY = "mmdiag_state"  # safetensors metadata of mmdiag's training checkpoints (training/checkpoint_io.py)
+_SYSTEM_MODEL_PREFIX = "model."  # the network's attribute in the training system
+
+
+def is_safetensors(path: str | os.PathLike) -> bool:
+    """Whether ``path`` holds safetensors by content: an 8-byte little-endian header length, then a JSON header."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+        if len(head) < 9 or head[8:9] != b"{":
+            return False
+        n = int.from_bytes(head[:8], "little")
+        return 8 + n <= os.fstat(f.fileno()).st_size
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """Tensors of a safetensors file; of an mmdiag training checkpoint (``best.ckpt`` / ``last.ckpt``), the
+    network's weights alone."""
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+        if _RUN_STATE_KEY not in meta:
+            return {k: f.get_tensor(k) for k in f.keys()}
+        refs = json.loads(meta[_RUN_STATE_KEY]).get("state_dict", {})
+        weights = {k[len(_SYSTEM_MODEL_PREFIX):]: f.get_tensor(v["__tensor__"]) for k, v in refs.items()
+                   if k.startswith(_SYSTEM_MODEL_PREFIX) and isinstance(v, dict) and "__tensor__" in v}
+    if not weights:
+        raise CheckpointError(f"{str(path)!r} is an mmdiag training checkpoint with no model weights")
+    return weights
+
+
+def _pickle_refusal(path: Path, e: Exception) -> CheckpointError:
+    """mmdiag's message for a PyTorch file that holds Python objects besides tensors (torch's advice dropped)."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))
+    found = re.search(r"GLOBAL\s+([\w.]+)", text)
+    what = f" (the Python global {found.group(1)!r})" if found else ""
+    return CheckpointError(
+        f"checkpoint {str(path)!r} holds pickled Python objects besides tensors{what}; mmdiag reads only tensors and "
+        "never runs pickled code. If you trust the file, save its state dict of tensors once (e.g. with "
+        "safetensors.torch.save_file) and give mmdiag that file")
 
 
 def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Read a state dict from ``.safetensors`` or a PyTorch file, never unpickling arbitrary objects.
+    """Read a state dict from safetensors or a PyTorch file, never unpickling arbitrary objects.
 
-    Common wrappers (``{"model": ...}``, ``{"state_dict": ...}``) are unwrapped.
+    Safetensors is recognised by content, whatever the file is called; mmdiag's own ``checkpoints/best.ckpt`` and
+    ``last.ckpt`` give the model's weights. Common wrappers (``{"model": ...}``, ``{"state_dict": ...}``) are unwrapped.
 
     Raises:
         CheckpointError: the file is missing, unreadable, or holds no tensors.
@@ -36,12 +79,18 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             "execute. Convert it once, in an environment you trust: torch.jit.load(path).state_dict(), saved with "
             "safetensors.torch.save_file or torch.save")
     try:
-        if path.suffix == ".safetensors":
-            obj = load_file(str(path))
+        if is_safetensors(path):
+            obj = _read_safetensors(path)
+        elif path.suffix == ".safetensors":
+            raise CheckpointError(f"{str(path)!r} is named .safetensors but its content is not safetensors")
         else:
             obj = torch.load(path, map_location="cpu", weights_only=True)
+    except CheckpointError:
+        raise
+    except pickle.UnpicklingError as e:
+        raise _pickle_refusal(path, e) from None
     except Exception as e:  # noqa: BLE001 - report any reader failure with the file name
-        raise CheckpointError(f"cannot read checkpoint {str(path)!r}: {e}") from e
+        raise CheckpointError(f"cannot read checkpoint {str(path)!r}: {type(e).__name__}: {e}") from e
     while isinstance(obj, Mapping):
         inner = next((obj[k] for k in _WRAPPER_KEYS if k in obj and isinstance(obj[k], Mapping)), None)
         if inner is None:

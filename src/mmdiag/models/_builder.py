@@ -10,7 +10,7 @@ from typing import Any
 
 from torch import nn
 
-from mmdiag.data.schema import DatasetSpec
+from mmdiag.data.schema import DatasetSpec, ImageModality, TaskSpec
 from mmdiag.errors import ConfigError
 from mmdiag.io.checkpoint import load_checkpoint
 from mmdiag.models._registry import check_options, is_multimodal, model_options
@@ -55,12 +55,18 @@ def build_model(name: str, options: dict[str, Any], *, checkpoint: str | os.Path
 
 
 def _default_spec(name: str, num_classes: int | None) -> DatasetSpec:
-    """A single-task spec over the model's default modalities (``default_spec`` tag) with ``num_classes`` classes."""
-    default = MODELS.tags(name).get("default_spec")
-    if num_classes is None or default is None:
+    """The spec of ``create_model(name, num_classes=N)`` for a multimodal model: the model's own (``default_spec``
+    tag, e.g. a paper's modalities), else one RGB image ``image`` (224 x 224) and one task ``label`` of ``N``
+    classes (``N = 2``: binary)."""
+    if num_classes is None or num_classes < 2:
         raise ConfigError(f"create_model({name!r}) builds a multimodal model: pass spec=mmdiag.load_dataset_spec(...)"
-                          + ("" if default is None else " or num_classes=N"))
-    return default(num_classes)
+                          f" or num_classes=N (N >= 2, got {num_classes})")
+    default = MODELS.tags(name).get("default_spec")
+    if default is not None:
+        return default(num_classes)
+    classes = tuple(f"class{i}" for i in range(num_classes))
+    return DatasetSpec(name="default", modalities={"image": ImageModality()},
+                       tasks={"label": TaskSpec(type="binary" if num_classes == 2 else "multiclass", classes=classes)})
 
 
 def build_for_dataset(spec: DatasetSpec, name: str, options: dict[str, Any] | None = None,

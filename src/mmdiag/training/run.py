@@ -123,7 +123,7 @@ def train(cfg: ExperimentConfig, run_dir: str | Path | None = None, resume: bool
                               cfg.model.peft_options)
     transform = BatchTransform(dm.spec, build_image_augment(cfg.data.augment.get("image", [])))
     system = MultimodalSystem(model, dm.spec, _loss(cfg, dm), cfg.optim, cfg.schedule, cfg.trainer.max_epochs,
-                              transform, cfg.seed)
+                              transform, cfg.seed, score=cfg.eval.score)
     t = cfg.trainer
     es = t.early_stopping
     monitor, mode = (es.monitor, es.mode) if es else ("val/loss", "min")
@@ -191,7 +191,7 @@ def train(cfg: ExperimentConfig, run_dir: str | Path | None = None, resume: bool
         "train seconds": round(elapsed, 1), "seed": cfg.seed,
         "cases train/val/test": "/".join(str(len(dm.datasets[s])) for s in ("train", "val", "test")),
         "skipped_cases": dm.bad_cases}
-    preds = predict_loader(model, dm.spec, dm.loader("test"), transform)
+    preds = predict_loader(model, dm.spec, dm.loader("test"), transform, score=cfg.eval.score)
     metrics = evaluate_predictions(dm.spec, preds, seed=cfg.seed)
     write_report(run_dir, dm.spec, preds, metrics, summary)
     _write_json(run_dir / "run_state.json", {"status": "finished", "epochs": trainer.current_epoch,
@@ -209,7 +209,7 @@ def evaluate_run(run_dir: str | Path, split: str = "test") -> dict[str, Any]:
     dm.setup("test")
     if split not in dm.datasets:
         raise ConfigError(f"split {split!r} does not exist; splits: {list(dm.datasets)}")
-    preds = predict_loader(model, dm.spec, dm.loader(split), transform)
+    preds = predict_loader(model, dm.spec, dm.loader(split), transform, score=cfg.eval.score)
     metrics = evaluate_predictions(dm.spec, preds, seed=cfg.seed)
     total, trainable = _count(model)
     summary = {"name": cfg.name, "dataset": dm.spec.name, "model": cfg.model.name, "parameters": total,

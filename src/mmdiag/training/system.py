@@ -42,15 +42,17 @@ class MultimodalSystem(L.LightningModule):
         max_epochs: for the schedule.
         batch_transform: augmentation + normalisation applied on the device.
         seed: base of the per-step seeds of the global generator (see ``on_after_batch_transfer``).
+        score: ``eval.score`` of the validation metrics (see :func:`probabilities`).
     """
 
     def __init__(self, model: nn.Module, spec: DatasetSpec, loss: MultiTaskLoss, optim: OptimConfig,
-                 schedule: ScheduleConfig, max_epochs: int, batch_transform: BatchTransform, seed: int = 0):
+                 schedule: ScheduleConfig, max_epochs: int, batch_transform: BatchTransform, seed: int = 0,
+                 score: str = "probability"):
         super().__init__()
         self.model, self.spec, self.loss = model, spec, loss
         self.optim_cfg, self.schedule_cfg, self.max_epochs = optim, schedule, max_epochs
         self.batch_transform = batch_transform
-        self.seed = seed
+        self.seed, self.score = seed, score
         self._val: list[dict[str, Any]] = []
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -94,7 +96,7 @@ class MultimodalSystem(L.LightningModule):
         total, _ = self._loss(out, batch["labels"])
         logits = {t: out[t] for t in self.spec.tasks}
         self.log("val/loss", total, on_epoch=True, batch_size=len(batch["case_id"]), sync_dist=True)
-        self._val.append({"index": batch["index"], "probs": probabilities(self.spec, logits),
+        self._val.append({"index": batch["index"], "probs": probabilities(self.spec, logits, self.score),
                           "labels": batch["labels"]})
 
     def on_validation_epoch_end(self) -> None:
