@@ -54,11 +54,10 @@ def build_model(name: str, options: dict[str, Any], *, checkpoint: str | os.Path
 
 
 def _default_spec(name: str, num_classes: int | None) -> DatasetSpec:
-    """A single-task spec over the model's default modalities (``default_spec`` tag) with ``num_classes`` classes."""
+    """The model's default spec (``default_spec`` tag): its own tasks, or one task of ``num_classes`` classes."""
     default = MODELS.tags(name).get("default_spec")
-    if num_classes is None or default is None:
-        raise ConfigError(f"create_model({name!r}) builds a multimodal model: pass spec=mmdiag.load_dataset_spec(...)"
-                          + ("" if default is None else " or num_classes=N"))
+    if default is None:
+        raise ConfigError(f"create_model({name!r}) builds a multimodal model: pass spec=mmdiag.load_dataset_spec(...)")
     return default(num_classes)
 
 

@@ -121,9 +121,11 @@ class VMamba(nn.Module):
         mlp_ratio: MLP width ratio of every block.
         drop_path_rate: Stochastic depth, rising linearly from 0 over all blocks (official tiny: 0.2).
         scan_impl: Selective-scan implementation for every SS2D.
+        num_stages: Build only the first ``num_stages`` stages (each ending with its downsample) and no classifier:
+            a feature trunk for models that tap the stage outputs (IIMGF-Net uses 3). None: the whole network.
 
     Raises:
-        ConfigError: ``depths`` and ``dims`` disagree in length.
+        ConfigError: ``depths`` and ``dims`` disagree in length, or ``num_stages`` is out of range.
     """
 
     classifier_name = "classifier.head"
@@ -140,14 +142,18 @@ class VMamba(nn.Module):
         mlp_ratio: float = 4.0,
         drop_path_rate: float = 0.2,
         scan_impl: str = "auto",
+        num_stages: int | None = None,
     ):
         super().__init__()
         depths = list(depths)
         dims = [dims * 2**i for i in range(len(depths))] if isinstance(dims, int) else list(dims)
         if len(dims) != len(depths):
             raise ConfigError(f"VMamba: depths {depths} and dims {dims} must have the same length (one per stage)")
+        if num_stages is not None and not 1 <= num_stages < len(depths):
+            raise ConfigError(f"VMamba: num_stages must be in 1..{len(depths) - 1} (or None), got {num_stages}")
+        built = num_stages or len(depths)
         self.num_classes, self.in_chans, self.dims = num_classes, in_chans, dims
-        self.num_features = dims[-1]
+        self.num_features = dims[built] if num_stages else dims[-1]
         self.feature_info = [dict(num_chs=d, reduction=4 * 2**i, module=f"layers.{i}") for i, d in enumerate(dims)]
         half = dims[0] // 2
         self.patch_embed = nn.Sequential(
@@ -158,9 +164,9 @@ class VMamba(nn.Module):
         self.layers = nn.ModuleList(
             VMambaStage(dims[i], depths[i], rates[sum(depths[:i]):], dims[i + 1] if i + 1 < len(dims) else None,
                         mlp_ratio=mlp_ratio, d_state=d_state, ssm_ratio=ssm_ratio, scan_impl=scan_impl)
-            for i in range(len(depths))
+            for i in range(built)
         )
-        self.classifier = _Classifier(self.num_features, num_classes)
+        self.classifier = None if num_stages else _Classifier(self.num_features, num_classes)
         self.apply(_init_weights)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
@@ -226,7 +232,13 @@ class VMamba(nn.Module):
         return x.permute(*_TO_CF)
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        """Classifier norm → global average pool → head (skipped with ``pre_logits``)."""
+        """Classifier norm → global average pool → head (skipped with ``pre_logits``).
+
+        Raises:
+            ConfigError: the model was built as a trunk (``num_stages``), without classifier.
+        """
+        if self.classifier is None:
+            raise ConfigError(f"VMamba built with num_stages={len(self.layers)} has no classifier")
         x = self.classifier.norm(x.permute(*_TO_CL)).mean(dim=(1, 2))
         return x if pre_logits else self.classifier.head(x)
 
