@@ -16,7 +16,7 @@ from mmdiag.data.transforms import BatchTransform, build_image_augment
 from mmdiag.models.nets.iimgf_net import OFFICIAL_HEADS
 from mmdiag.testing.derm7pt import write_derm7pt
 
-TINY = ["data.options.image_size=64", "trainer.max_epochs=2", "trainer.enable_progress_bar=false",
+TINY = ["data.options.image_size=32", "trainer.max_epochs=1", "trainer.enable_progress_bar=false",
         "data.batch_size=4", "data.verify=false", "model.options.backbone=tiny_vmamba",
         "model.options.backbone_checkpoint=null"]
 
@@ -33,6 +33,10 @@ def test_derm7pt_config_trains_and_reports_8_task_means(tmp_path):
         assert metrics["mean"][key] == pytest.approx(np.nanmean(per_task))
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     assert cfg["trainer"]["early_stopping"]["monitor"] == "val/mean/acc" and cfg["optim"]["name"] == "adam"
+    out = tmp_path / "ig"
+    assert main(["explain", "ig", "--run", str(run), "--task", "diag", "--cases", "1", "--steps", "4",
+                 "--baseline", "blur", "--output", str(out)]) == 0
+    assert sorted(p.name.split("_")[1] for p in out.glob("ig_*.png")) == ["clinical", "dermoscopy"]
 
 
 def test_paired_augmentation_gives_both_images_the_same_geometry():
@@ -51,7 +55,7 @@ def test_paired_augmentation_gives_both_images_the_same_geometry():
     assert not torch.equal(unpaired["clinical"], unpaired["dermoscopy"])
 
 
-def write_dect_study(folder, n_cases=20, size=40):
+def write_dect_study(folder, n_cases=10, size=40):
     """Three grey PNG crops per energy level per case, stacked into one (H, W, 3) .npy per modality (docs recipe)."""
     rng = np.random.default_rng(0)
     rows = []
@@ -73,7 +77,7 @@ def write_dect_study(folder, n_cases=20, size=40):
 
     pd.DataFrame(rows).to_csv(folder / "cases.csv", index=False)
     study = {"name": "dect_lnm", "manifest": "cases.csv",
-             "modalities": {k: {"kind": "image", "channels": 3, "size": [64, 64]} for k in ("kev100", "kev150")},
+             "modalities": {k: {"kind": "image", "channels": 3, "size": [32, 32]} for k in ("kev100", "kev150")},
              "tasks": {"lnm": {"type": "binary", "classes": ["negative", "positive"]}}}
     (folder / "dataset.yaml").write_text(yaml.safe_dump(study))
     return folder / "dataset.yaml"
