@@ -55,7 +55,7 @@ def test_paired_augmentation_gives_both_images_the_same_geometry():
     assert not torch.equal(unpaired["clinical"], unpaired["dermoscopy"])
 
 
-def write_dect_study(folder, n_cases=10, size=40):
+def write_dect_study(folder, n_cases=20, size=40):
     """Three grey PNG crops per energy level per case, stacked into one (H, W, 3) .npy per modality (docs recipe)."""
     rng = np.random.default_rng(0)
     rows = []
