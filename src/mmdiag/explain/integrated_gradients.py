@@ -23,7 +23,7 @@ from mmdiag.errors import ConfigError
 from mmdiag.explain.gradcam import overlay_heatmap
 from mmdiag.io.atomic import atomic_write_bytes
 
-__all__ = ["Baseline", "IGResult", "integrated_gradients", "make_baseline", "save_ig_panel"]
+__all__ = ["Baseline", "IGResult", "attribution_map", "integrated_gradients", "make_baseline", "save_ig_panel"]
 
 Baseline = Literal["black", "blur"]
 

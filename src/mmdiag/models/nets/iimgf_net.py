@@ -163,9 +163,9 @@ class IIMGFNet(MultimodalModel):
             self.mgc = MGC(tuple(2 * d for d in dims), tuple(g * g for g in self.grids), 4, mgc_pooling, scan_impl)
         self.num_features = 4 * dims[2]
         self.heads = TaskHeads(self.num_features, spec.tasks, drop_rate)
-        self.explain_layers = {m: f"streams.{i if separate_streams else 0}.mamba.layers.2"
-                               for i, m in enumerate(mods)}
-        self.output_fmts = {m: "NHWC" for m in mods}
+        if separate_streams:  # a shared stream runs once per modality: no module output belongs to one modality
+            self.explain_layers = {m: f"streams.{i}.mamba.layers.2" for i, m in enumerate(mods)}
+            self.output_fmts = {m: "NHWC" for m in mods}
 
     def _stream(self, i: int) -> _Stream:
         return self.streams[i if self.separate_streams else 0]
