@@ -18,7 +18,7 @@ import torch
 
 from mmdiag.io.atomic import atomic_write_text
 
-MODULES = ["bench_foundation", "bench_scan", "bench_medmamba", "bench_ei"]
+MODULES = ["bench_foundation", "bench_scan", "bench_medmamba", "bench_ei", "bench_iimgf"]
 
 
 def _machine() -> str:

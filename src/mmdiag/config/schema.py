@@ -76,6 +76,8 @@ class DataConfig(_Section):
         default_factory=dict,
         description="per modality kind ('image' → kornia.augmentation, 'volume' → monai.transforms): list of "
                     "{name: ClassName, **kwargs}")
+    paired_augment: bool = Field(False, description="give every image of a case the same random 2D augmentation "
+                                                     "(same geometry for e.g. clinical + dermoscopic images)")
 
 
     @model_validator(mode="after")

@@ -56,14 +56,14 @@ def build_model(name: str, options: dict[str, Any], *, checkpoint: str | os.Path
 
 def _default_spec(name: str, num_classes: int | None) -> DatasetSpec:
     """The spec of ``create_model(name, num_classes=N)`` for a multimodal model: the model's own (``default_spec``
-    tag, e.g. a paper's modalities), else one RGB image ``image`` (224 x 224) and one task ``label`` of ``N``
-    classes (``N = 2``: binary)."""
-    if num_classes is None or num_classes < 2:
-        raise ConfigError(f"create_model({name!r}) builds a multimodal model: pass spec=mmdiag.load_dataset_spec(...)"
-                          f" or num_classes=N (N >= 2, got {num_classes})")
+    tag: a paper's modalities and tasks; ``N`` may then be omitted), else one RGB image ``image`` (224 x 224) and one
+    task ``label`` of ``N`` classes (``N = 2``: binary)."""
     default = MODELS.tags(name).get("default_spec")
     if default is not None:
         return default(num_classes)
+    if num_classes is None or num_classes < 2:
+        raise ConfigError(f"create_model({name!r}) builds a multimodal model: pass spec=mmdiag.load_dataset_spec(...)"
+                          f" or num_classes=N (N >= 2, got {num_classes})")
     classes = tuple(f"class{i}" for i in range(num_classes))
     return DatasetSpec(name="default", modalities={"image": ImageModality()},
                        tasks={"label": TaskSpec(type="binary" if num_classes == 2 else "multiclass", classes=classes)})

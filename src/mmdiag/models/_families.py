@@ -1,5 +1,5 @@
 """Imports every model family module so that their registration decorators run. One line per family."""
 
 # ruff: noqa: F401
-from mmdiag.models.backbones import cnn, medmamba, vit
-from mmdiag.models.nets import baselines, ei, ei_baselines
+from mmdiag.models.backbones import cnn, medmamba, vit, vmamba
+from mmdiag.models.nets import baselines, ei, ei_baselines, iimgf_net

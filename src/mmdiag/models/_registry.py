@@ -18,13 +18,13 @@ from mmdiag.registry import MODELS
 __all__ = ["list_models", "register_model", "register_multimodal", "is_multimodal", "model_options", "check_options"]
 
 
-def _register(fn: Callable | None, multimodal: bool, options: Callable | None, name: str | None):
+def _register(fn: Callable | None, multimodal: bool, options: Callable | None, name: str | None, **tags: Any):
     def wrap(f: Callable) -> Callable:
         var_kw = any(p.kind is p.VAR_KEYWORD for p in inspect.signature(f).parameters.values())
         if var_kw and options is None:
             raise TypeError(f"model builder {f.__qualname__} takes **kwargs: register it with options=<the callable "
                             "they are passed to>")
-        return MODELS.register(f, name=name, multimodal=multimodal, options=options)
+        return MODELS.register(f, name=name, multimodal=multimodal, options=options, **tags)
 
     return wrap(fn) if fn is not None else wrap
 
@@ -38,9 +38,16 @@ def register_model(fn: Callable | None = None, *, options: Callable | tuple[Call
     return _register(fn, False, options, name)
 
 
-def register_multimodal(fn: Callable | None = None, *, options: Callable | tuple[Callable, ...] | None = None, name: str | None = None):
-    """Register a builder ``f(spec, **options)`` of a :class:`~mmdiag.models.contract.MultimodalModel`."""
-    return _register(fn, True, options, name)
+def register_multimodal(fn: Callable | None = None, *, options: Callable | tuple[Callable, ...] | None = None,
+                        name: str | None = None, default_spec: Callable[[int | None], Any] | None = None):
+    """Register a builder ``f(spec, **options)`` of a :class:`~mmdiag.models.contract.MultimodalModel`.
+
+    Args:
+        options: where the builder's ``**kwargs`` go.
+        default_spec: ``f(num_classes) -> DatasetSpec`` used by ``create_model(name)`` without ``spec``
+            (``num_classes`` None: the model's own default tasks).
+    """
+    return _register(fn, True, options, name, **({"default_spec": default_spec} if default_spec else {}))
 
 
 def is_multimodal(name: str) -> bool:

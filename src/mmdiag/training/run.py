@@ -121,7 +121,8 @@ def train(cfg: ExperimentConfig, run_dir: str | Path | None = None, resume: bool
     dm.setup("fit")
     model = build_for_dataset(dm.spec, cfg.model.name, cfg.model.options, cfg.model.checkpoint, cfg.model.peft,
                               cfg.model.peft_options)
-    transform = BatchTransform(dm.spec, build_image_augment(cfg.data.augment.get("image", [])))
+    transform = BatchTransform(dm.spec, build_image_augment(cfg.data.augment.get("image", [])),
+                               paired=cfg.data.paired_augment)
     system = MultimodalSystem(model, dm.spec, _loss(cfg, dm), cfg.optim, cfg.schedule, cfg.trainer.max_epochs,
                               transform, cfg.seed, score=cfg.eval.score)
     t = cfg.trainer

@@ -142,10 +142,11 @@ class Derm7ptTable(CaseTable):
     """Derm7pt cases; reading an image cuts ``crop`` pixels from every border before resizing."""
 
     crop: int = 25
+    bgr: bool = False
 
     def read(self, case: CaseRecord, modality: str, *, train: bool, rng: np.random.Generator,
              cache: DecodeCache | None = None) -> torch.Tensor:
-        """Decode one image of ``case``: RGB, border crop, resize to the modality's size, values in [0, 1].
+        """Decode one image of ``case``: RGB (BGR with ``bgr``), border crop, resize, values in [0, 1].
 
         Raises:
             DataError: the file is missing (near-miss names offered), unreadable, or too small for the crop.
@@ -154,7 +155,7 @@ class Derm7ptTable(CaseTable):
         path = Path(case.inputs[modality])
         if not path.is_file():
             raise missing_file_error(case.case_id, path, modality)
-        key = cache.key(path, spec.shape, f"crop={self.crop}") if cache else None
+        key = cache.key(path, spec.shape, f"crop={self.crop}" + (",bgr" if self.bgr else "")) if cache else None
         if key is not None and (hit := cache.get(key)) is not None:
             return hit
         from PIL import Image
@@ -162,6 +163,8 @@ class Derm7ptTable(CaseTable):
         try:
             with Image.open(path) as im:
                 arr = np.asarray(im.convert("RGB"))
+            if self.bgr:
+                arr = np.ascontiguousarray(arr[..., ::-1])
         except Exception as e:  # noqa: BLE001 - any decoder failure is reported with the case and file
             raise DataError(f"case {case.case_id!r}: cannot read {modality} image {str(path)!r}: "
                             f"{type(e).__name__}: {e}", case.case_id, str(path)) from e
@@ -250,7 +253,8 @@ def _ei_splits(df: pd.DataFrame, classes: tuple[str, ...]) -> dict[int, str]:
 
 @DATASETS.register
 def derm7pt(root: str, tasks: str | list[str] = "all", label_order: str = "kawahara", split: str = "official",
-            record_fields: str = "mm", crop: int = 25, image_size: int = 224) -> Derm7ptTable:
+            record_fields: str = "mm", crop: int = 25, image_size: int = 224, input_norm: str = "none",
+            channel_order: str = "rgb") -> Derm7ptTable:
     """Derm7pt: clinical + dermoscopic images + patient record; 5-class diagnosis and the 7 checklist criteria.
 
     Args:
@@ -261,6 +265,9 @@ def derm7pt(root: str, tasks: str | list[str] = "all", label_order: str = "kawah
         record_fields: ``"mm"`` (5 fields, 20 one-hot values) or ``"kawahara"`` (elevation, sex, location).
         crop: pixels cut from every image border before resizing (reference default 25).
         image_size: side of the square images the models see.
+        input_norm: ``"none"`` (values in [0, 1], as the IIMGF-Net code's /255) or ``"imagenet"`` (mean/std of
+            ImageNet, in the channel order read).
+        channel_order: ``"rgb"`` or ``"bgr"`` (the IIMGF-Net code reads with OpenCV, BGR).
 
     Raises:
         ConfigError: an option value outside its choices.
@@ -270,6 +277,11 @@ def derm7pt(root: str, tasks: str | list[str] = "all", label_order: str = "kawah
     check_choice("derm7pt", "label_order", label_order, DIAGNOSIS_ORDERS)
     check_choice("derm7pt", "split", split, ("official", "ei"))
     check_choice("derm7pt", "record_fields", record_fields, RECORD_FIELDS)
+    check_choice("derm7pt", "input_norm", input_norm, ("none", "imagenet"))
+    check_choice("derm7pt", "channel_order", channel_order, ("rgb", "bgr"))
+    mean, std = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)) if input_norm == "imagenet" else (None, None)
+    if mean is not None and channel_order == "bgr":
+        mean, std = mean[::-1], std[::-1]
     task_names = list(TASK_ORDERS[label_order])
     if tasks == "all":
         selected = task_names
@@ -303,8 +315,8 @@ def derm7pt(root: str, tasks: str | list[str] = "all", label_order: str = "kawah
     spec = DatasetSpec(
         name="derm7pt",
         modalities={
-            "clinical": ImageModality(channels=3, size=(image_size, image_size)),
-            "dermoscopy": ImageModality(channels=3, size=(image_size, image_size)),
+            "clinical": ImageModality(channels=3, size=(image_size, image_size), mean=mean, std=std),
+            "dermoscopy": ImageModality(channels=3, size=(image_size, image_size), mean=mean, std=std),
             "record": TabularModality(fields={f: CategoricalField(values=RECORD_VOCABULARIES[f]) for f in fields}),
         },
         tasks={t: TaskSpec(type="multiclass", classes=classes[t]) for t in selected},
@@ -327,4 +339,4 @@ def derm7pt(root: str, tasks: str | list[str] = "all", label_order: str = "kawah
         inputs["record"] = record
         labels = {t: _encode(t, row[t], classes[t], case_id=cid, source=str(meta_csv)) for t in selected}
         cases.append(CaseRecord(cid, cid, inputs, labels, split_of[pos], extra={"row": pos}))
-    return Derm7ptTable(spec, cases, root=release, official_split=True, crop=crop)
+    return Derm7ptTable(spec, cases, root=release, official_split=True, crop=crop, bgr=channel_order == "bgr")

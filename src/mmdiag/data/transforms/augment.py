@@ -80,12 +80,14 @@ def build_volume_transform(entries: Sequence[Mapping[str, Any]]) -> Callable[[to
 class BatchTransform(nn.Module):
     """Per-batch preprocessing on the model's device: 2D augmentation (training only), then normalisation.
 
-    Missing modalities (``present`` False) are left as zeros.
+    Missing modalities (``present`` False) are left as zeros. With ``paired`` every image modality of a case gets
+    the same random augmentation (the parameters drawn for the first image are replayed on the others).
     """
 
-    def __init__(self, spec: DatasetSpec, image_augment: nn.Module | None = None):
+    def __init__(self, spec: DatasetSpec, image_augment: nn.Module | None = None, paired: bool = False):
         super().__init__()
         self.augment = image_augment
+        self.paired = paired
         self.norm: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         for name, m in spec.modalities.items():
             if isinstance(m, ImageModality) and m.mean is not None:
@@ -95,13 +97,17 @@ class BatchTransform(nn.Module):
 
     def forward(self, batch: dict[str, Any], train: bool) -> dict[str, Any]:
         inputs = dict(batch["inputs"])
+        params = None
         for name in self.images:
             if name not in inputs:
                 continue
             x = inputs[name]
             if train and self.augment is not None:
                 size = tuple(x.shape[2:])
-                x = self.augment(x).clamp(0.0, 1.0)  # colour ops may overshoot [0, 1] by rounding
+                x = self.augment(x, params=params) if params is not None else self.augment(x)
+                x = x.clamp(0.0, 1.0)  # colour ops may overshoot [0, 1] by rounding
+                if self.paired and params is None:
+                    params = self.augment._params
                 if tuple(x.shape[2:]) != size:
                     raise ConfigError(f"data.augment.image changes modality {name!r} from {size} to "
                                       f"{tuple(x.shape[2:])}; give size-setting augmentations (e.g. "

@@ -6,7 +6,7 @@ default, §3.4): an *auxiliary* VFM ``phi_a`` and a *primary* VFM ``phi_p``. For
 sequence as one intervention token ([INT], §3.1-3.2, Eq. 1-2); ``phi_p`` then embeds the target with the [INT] tokens
 attending through its blocks. Adaptive late fusion (§3.3, Eq. 3) weighs the per-modality predictions by a softmax gate.
 
-Output of :class:`EI` (the multimodal contract of ``models/fusion/baselines.py``)::
+Output of :class:`EI` (the multimodal contract of ``models/contract.py``)::
 
     {task: fused logits                                   # y_hat = sum_t alpha_t y_hat_t (Eq. 3), used for inference
      "aux": {"primary_<m>": (1.0, {task: logits}),        # the sum over t in L_p (Eq. 5)
