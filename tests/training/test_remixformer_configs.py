@@ -7,16 +7,8 @@ import pytest
 from mmdiag.config import load_config
 from mmdiag.data.transforms import build_image_augment
 from mmdiag.testing import write_derm7pt, write_pad_ufes20
+from mmdiag.testing.remixformer import TINY_OVERRIDES
 from mmdiag.training.run import train
-
-TINY = ["trainer.enable_progress_bar=false", "trainer.max_epochs=2", "data.batch_size=4", "data.options.image_size=64",
-        "model.options.clinical_branch=vit",
-        "model.options.clinical_options={patch_size: 16, embed_dim: 32, depth: 1, num_heads: 2}",
-        "model.options.dermoscopy_options={window_size: 32, patch_size: 16, embed_dim: 32, depth: 1, num_heads: 2, "
-        "region_depth: 1, num_templates: 4, chunk_size: 2}",
-        "model.options.fusion_dim=32", "model.options.fusion_heads=4", "optim.lr=1e-2",
-        "data.augment.image=[{name: RandomHorizontalFlip, p: 0.5}, {name: RandomResizedCrop, size: [64, 64], "
-        "scale: [0.65, 1.0], p: 1.0}]"]
 
 
 @pytest.mark.parametrize("name", ["t3_pad_ufes20", "t6_derm7pt", "t7_derm7pt_ablation"])
@@ -34,7 +26,7 @@ def test_shipped_recipe(name):
 def test_tiny_variant_trains_from_the_shipped_config(tmp_path, name, use, writer):
     root = writer(tmp_path / "data")
     cfg = load_config(f"remixformer/{name}", [f"output_dir={tmp_path}", f"name={use}", f"data.root={root}",
-                                               f"model.options.use={use}", *TINY])
+                                               f"model.options.use={use}", *TINY_OVERRIDES])
     result = train(cfg)
     tasks = result.metrics["tasks"]
     assert (len(tasks) == 8) if name == "t6_derm7pt" else ("diagnosis" in tasks)

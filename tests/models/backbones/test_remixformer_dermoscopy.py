@@ -1,4 +1,4 @@
-"""RemixFormer++ dermoscopy branch: windows, MSTA against an explicit loop, chunking, checkpointing, parameter counts."""
+"""RemixFormer++ dermoscopy branch: windows, MSTA vs an explicit loop, chunking, checkpointing, parameter counts."""
 
 from __future__ import annotations
 

@@ -242,7 +242,7 @@ _TINY = dict(img_size=64, window_size=32, patch_size=8, embed_dim=32, depth=1, n
 
 @register_model(options=(OursD, DermoscopyBranch))
 def remixformer_d(**kwargs: Any) -> OursD:
-    """RemixFormer++ Ours-D: ViT-S/16 HRWE on 256² windows of a 1024² image, MSTA (K_s = 32), 12-block region encoder."""
+    """RemixFormer++ Ours-D: ViT-S/16 HRWE on 256² windows of a 1024² image, MSTA (K_s = 32), region encoder."""
     return OursD(**kwargs)
 
 
