@@ -55,6 +55,11 @@ class DataConfig(_Section):
     split: SplitConfig = SplitConfig()
     sampling: Literal["uniform", "oversample"] = Field(
         "uniform", description="oversample: draw training cases with probability ∝ 1 / class frequency (main task)")
+    pairing: Literal["none", "disease"] = Field(
+        "none", description="disease: training cases borrow missing modalities from same-diagnosis training cases "
+                            "(RemixFormer's disease-wise pairing; never across splits)")
+    pairing_swap_p: float = Field(0.0, ge=0, le=1, description="disease pairing: chance to exchange a present "
+                                                               "modality too")
     cache_dir: str | None = Field(None, description="on-disk cache of decoded, resized images/volumes")
     verify: bool = Field(True, description="decode every case once before training to find unreadable files")
     on_bad_case: Literal["error", "skip"] = "error"

@@ -66,21 +66,25 @@ class CaseDataset(Dataset):
         rng = np.random.default_rng([self.seed, self.epoch if self.train else 0, index])
         inputs, present = {}, {}
         for m in self.modalities:
-            spec = self.table.spec.modalities[m]
-            here = self.table.present(case, m)
-            present[m] = here
-            if spec.kind == "tabular":
-                inputs[m] = self.encoders[m].encode(case.inputs.get(m) if here else None, case_id=case.case_id)
-            elif here:
-                x = self.table.read(case, m, train=self.train, rng=rng, cache=self.cache)
-                if spec.kind == "volume" and self.train and self.volume_transform is not None:
-                    x = self.volume_transform(x, int(rng.integers(2**31)))
-                inputs[m] = x
-            else:
-                inputs[m] = torch.zeros(spec.shape)
+            present[m] = self.table.present(case, m)
+            inputs[m] = self.load(index, m, rng)
         labels = {t: torch.as_tensor(v, dtype=torch.float32 if np.ndim(v) else torch.long)
                   for t, v in case.labels.items()}
         return {"case_id": case.case_id, "index": index, "inputs": inputs, "present": present, "labels": labels}
+
+    def load(self, index: int, m: str, rng: np.random.Generator) -> torch.Tensor:
+        """Modality ``m`` of table case ``index`` as the model sees it (zeros / an all-zero record when missing)."""
+        case = self.table.cases[index]
+        spec = self.table.spec.modalities[m]
+        here = self.table.present(case, m)
+        if spec.kind == "tabular":
+            return self.encoders[m].encode(case.inputs.get(m) if here else None, case_id=case.case_id)
+        if not here:
+            return torch.zeros(spec.shape)
+        x = self.table.read(case, m, train=self.train, rng=rng, cache=self.cache)
+        if spec.kind == "volume" and self.train and self.volume_transform is not None:
+            x = self.volume_transform(x, int(rng.integers(2**31)))
+        return x
 
     def verify(self, on_bad_case: str) -> list[dict[str, str]]:
         """Decode every case once. Returns the bad cases (``on_bad_case='skip'``, which also drops them).
