@@ -7,3 +7,4 @@ from mmdiag.models.backbones import medmamba
 from mmdiag.models.fusion import vfm_baselines
 from mmdiag.models.fusion import ei
 from mmdiag.models.backbones import swin
+from mmdiag.models.backbones import remixformer_clinical
