@@ -299,7 +299,7 @@ class SwinTransformer(nn.Module):
                              for i, d in enumerate(dims)]
         self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim, norm_layer=nn.LayerNorm, output_fmt="NHWC")
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if class_token else None
-        rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        rates = [drop_path_rate * i / max(sum(depths) - 1, 1) for i in range(sum(depths))]
         self.layers = nn.ModuleList()
         for i, (d, h) in enumerate(zip(depths, num_heads)):
             start = sum(depths[:i])
