@@ -8,3 +8,5 @@ from mmdiag.models.fusion import vfm_baselines
 from mmdiag.models.fusion import ei
 from mmdiag.models.backbones import remixformer_dermoscopy
 from mmdiag.models.nets import remixformer_pp
+from mmdiag.models.backbones import swin
+from mmdiag.models.backbones import remixformer_clinical
