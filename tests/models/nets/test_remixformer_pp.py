@@ -105,3 +105,20 @@ def test_option_errors_name_the_key():
     m = create_model("remixformer_pp", spec=spec, clinical_branch="vit", clinical_options=TINY_C, fusion_dim=32,
                      fusion_heads=4)
     assert m.use == "CM"
+
+
+def test_with_the_cls_swin_clinical_branch_missing_images_are_ignored():
+    from mmdiag.models.backbones.remixformer_clinical import _TINY
+
+    torch.manual_seed(0)
+    m = create_model("remixformer_pp", spec=SPEC, use="CDM", clinical_branch="cls_swin", clinical_options=_TINY,
+                     dermoscopy_options=TINY_D, fusion_dim=32, fusion_heads=4).eval()
+    x = _inputs(3)
+    present = {k: torch.tensor([True, False, True]) for k in x}
+    a = m(x, present)
+    y = {k: v.clone() for k, v in x.items()}
+    for k in y:
+        y[k][1] = torch.rand_like(y[k][1])
+    b = m(y, present)
+    torch.testing.assert_close(a["diag"], b["diag"])
+    assert m.clinical.num_features == 128 and isinstance(m.proj["C"], torch.nn.Linear)

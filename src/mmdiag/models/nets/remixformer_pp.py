@@ -7,7 +7,10 @@ are never attended to, so a missing modality's tensor cannot change the output.
 Branch outputs: clinical ``(g^C, l^C)``, dermoscopy ``(g^D, l^D)`` (:class:`DermoscopyBranch`), metadata ``g^M``
 (:class:`MetadataBranch`). CMF (§III-D, "the same strategy as CSF"; the notes' recommended reading):
 
-* units ``g^C ← l^D``, ``g^D ← K_C``, ``g^M ← K_C``, ``g^M ← K_D`` with ``K_C = [g^C; l^C]``, ``K_D = l^D``;
+* units ``g^C ← l^D``, ``g^D ← K_C``, ``g^M ← K_C``, ``g^M ← K_D`` with ``K_C = [g^C; l^C]``, ``K_D = l^D``
+  (Deviation: the notes suggest ``K_C = [l^C; g^patch]``; the clinical branch returns ``g^C, l^C`` after CSF, which
+  already carry the patch information, so ``K_C`` is those two tokens; with the ViT stand-in ``l^C`` is its patch
+  tokens);
 * each unit is CrossViT-style (:class:`CrossModalUnit`): one LayerNorm over query and keys, multi-head attention
   from the query to the keys, an output Linear, residual on the normalised query;
 * the fused vector is the concatenation of the slots the subset has (C: ``g^C'``; D: ``g^D'``; M: ``g^M_C'``,
@@ -25,6 +28,7 @@ from mmdiag.data.schema import DatasetSpec, ImageModality, TabularModality
 from mmdiag.errors import ConfigError
 from mmdiag.io.checkpoint import load_checkpoint
 from mmdiag.models._factory import register_multimodal
+from mmdiag.models.backbones.remixformer_clinical import ClinicalBranch
 from mmdiag.models.backbones.remixformer_dermoscopy import DermoscopyBranch
 from mmdiag.models.backbones.vit import VisionTransformer
 from mmdiag.models.contract import MultimodalModel
@@ -155,8 +159,6 @@ def _clinical_branch(kind: str, img_size: int, options: dict[str, Any]) -> nn.Mo
     if kind == "vit":
         return ViTClinicalBranch(img_size, **options)
     if kind == "cls_swin":
-        from mmdiag.models.backbones.remixformer_clinical import ClinicalBranch
-
         return ClinicalBranch(**options)
     raise ConfigError(f"model.options.clinical_branch={kind!r}; valid: 'cls_swin', 'vit'")
 
@@ -179,6 +181,7 @@ class RemixFormerPP(MultimodalModel):
         clinical_options: options of the clinical branch.
         dermoscopy_options: options of :class:`DermoscopyBranch` (``img_size`` defaults to the modality's size).
         window_checkpoint: DINO weights of the window encoder ``T_φ1`` (read by :meth:`load_pretrained`).
+        clinical_checkpoint: ImageNet Swin-T weights of the clinical branch (official or timm layout).
         fusion_dim: common width of CMF (768 = Swin-T's).
         fusion_heads: attention heads of each CMF unit.
         drop_rate: dropout before the heads.
@@ -188,7 +191,7 @@ class RemixFormerPP(MultimodalModel):
                  dermoscopy: str = "dermoscopy", metadata: str = "record",
                  clinical_branch: Literal["cls_swin", "vit"] = "cls_swin",
                  clinical_options: dict[str, Any] | None = None, dermoscopy_options: dict[str, Any] | None = None,
-                 window_checkpoint: str | None = None, fusion_dim: int = 768, fusion_heads: int = 8,
+                 window_checkpoint: str | None = None, clinical_checkpoint: str | None = None, fusion_dim: int = 768, fusion_heads: int = 8,
                  drop_rate: float = 0.0):
         names = {"C": clinical, "D": dermoscopy, "M": metadata}
         kinds = {"C": ImageModality, "D": ImageModality, "M": TabularModality}
@@ -204,7 +207,8 @@ class RemixFormerPP(MultimodalModel):
                                   f"model.options.{_LETTERS[k]}={names[k]!r}, which dataset {spec.name!r} does not "
                                   f"have as {kinds[k].__name__}; its modalities: {list(spec.modalities)}")
         super().__init__(spec, [names[k] for k in use])
-        self.use, self.names, self.window_checkpoint = use, names, window_checkpoint
+        self.use, self.names = use, names
+        self.window_checkpoint, self.clinical_checkpoint = window_checkpoint, clinical_checkpoint
         self.proj = nn.ModuleDict()
         if "C" in use:
             size = spec.modalities[clinical].size[0]
@@ -226,9 +230,12 @@ class RemixFormerPP(MultimodalModel):
         return nn.Identity() if width == dim else nn.Linear(width, dim)
 
     def load_pretrained(self) -> None:
-        """Load the DINO window-encoder weights named by ``window_checkpoint`` (strict, layout converted)."""
+        """Load ``window_checkpoint`` (DINO) into ``T_φ1`` and ``clinical_checkpoint`` (Swin-T) into the clinical
+        branch, strictly, converting official layouts."""
         if self.window_checkpoint is not None and "D" in self.use:
             load_checkpoint(self.dermoscopy.window_encoder, self.window_checkpoint)
+        if self.clinical_checkpoint is not None and "C" in self.use:
+            load_checkpoint(self.clinical, self.clinical_checkpoint)
 
     def forward_features(self, inputs: dict[str, torch.Tensor], present=None) -> torch.Tensor:
         g: dict[str, torch.Tensor] = {}
