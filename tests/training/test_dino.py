@@ -121,3 +121,31 @@ def test_tiny_run_loss_falls_and_checkpoint_loads(tmp_path):
     assert (tmp_path / "out" / "dino_config.json").is_file()
     with pytest.raises(ConfigError, match="exists"):
         pretrain_dino(paths, tmp_path / "out", cfg)
+
+
+def test_cli_needs_one_image_source_and_json_options(tmp_path, capsys):
+    from mmdiag.cli.main import main
+
+    assert main(["pretrain", "dino", "--output", str(tmp_path / "o")]) == 2
+    assert "either --images" in capsys.readouterr().err
+    assert main(["pretrain", "dino", "--images", str(tmp_path), "--model-options", "{bad", "--output", "o"]) == 2
+    assert "--model-options" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_cli_pretrains_on_a_dataset_modality(tmp_path, capsys):
+    from mmdiag.cli.main import main
+    from mmdiag.testing.isic import write_isic2019
+
+    root = write_isic2019(tmp_path / "isic", per_class=1, size=32)
+    out = tmp_path / "dino"
+    rc = main(["pretrain", "dino", "--dataset", "isic2019", "--root", str(root), "--dataset-options",
+               '{"metadata": false}', "--model", "tiny_dino", "--window", "32", "--resize", "64",
+               "--global-size", "32", "--local-size", "16", "--local-crops", "1", "--batch-size", "16",
+               "--epochs", "1", "--max-steps", "1", "--out-dim", "32", "--num-workers", "0", "--accelerator", "cpu",
+               "--output", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    assert "teacher backbone" in capsys.readouterr().out
+    cfg = __import__("json").loads((out / "dino_config.json").read_text())
+    assert cfg["images"] == 8 and cfg["windows"] == 8 * 4
+    mmdiag.create_model("tiny_dino", checkpoint=out / "teacher_backbone.safetensors")

@@ -174,7 +174,7 @@ class DINOLoss(nn.Module):
 
 def cosine_schedule(base: float, final: float, epochs: int, steps_per_epoch: int, warmup_epochs: int = 0,
                     warmup_start: float = 0.0) -> np.ndarray:
-    """Per-iteration values: linear ``warmup_start`` → ``base`` over the warm-up, then cosine ``base`` → ``final``."""
+    """Per-iteration values: linear ``warmup_start`` → ``base`` in the warm-up, then cosine ``base`` → ``final``."""
     warm = np.linspace(warmup_start, base, warmup_epochs * steps_per_epoch) if warmup_epochs > 0 else np.array([])
     it = np.arange(epochs * steps_per_epoch - len(warm))
     cos = final + 0.5 * (base - final) * (1 + np.cos(np.pi * it / max(len(it), 1)))

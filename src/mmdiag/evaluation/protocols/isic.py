@@ -136,8 +136,8 @@ def _read(path: Path, what: str) -> pd.DataFrame:
         raise DataError(f"{what} CSV {str(path)!r} has no 'image' column; it has {list(df.columns)}", path=str(path))
     df["image"] = df["image"].str.strip().str.replace(r"\.jpg$", "", regex=True)
     if df["image"].duplicated().any():
-        raise DataError(f"{what} CSV {str(path)!r}: image repeats: {df['image'][df['image'].duplicated()].tolist()[:5]}",
-                        path=str(path))
+        dup = df["image"][df["image"].duplicated()].tolist()
+        raise DataError(f"{what} CSV {str(path)!r}: image repeats: {dup[:5]}", path=str(path))
     return df.set_index("image")
 
 
