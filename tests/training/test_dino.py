@@ -82,8 +82,9 @@ def test_windows_native_and_resized(tmp_path):
     assert np.allclose(native[2].permute(1, 2, 0).numpy(), tile, atol=1e-6)  # row 1, column 0
     with pytest.raises(ConfigError, match="resize"):
         WindowImages(paths, window=32, resize=16)
+    (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="no image"):
-        folder_images(tmp_path / "nothing_here" if (tmp_path / "nothing_here").mkdir() is None else None)
+        folder_images(tmp_path / "empty")
 
 
 def _patterns(folder, n=8, size=32):

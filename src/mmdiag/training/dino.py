@@ -216,12 +216,10 @@ class DINOModule(L.LightningModule):
         self.crops = crops
         out_dim = self.student["head"].last_layer.out_features
         self.loss_fn = DINOLoss(out_dim, 2 + crops.n_local, epochs, **(loss or {}))
-        total = epochs * steps_per_epoch
         self.lr_schedule = cosine_schedule(lr * batch_size / 256, min_lr, epochs, steps_per_epoch,
                                            min(warmup_epochs, max(epochs - 1, 0)))
         self.wd_schedule = cosine_schedule(weight_decay, weight_decay_end, epochs, steps_per_epoch)
         self.momentum_schedule = cosine_schedule(momentum_teacher, 1.0, epochs, steps_per_epoch)
-        self.total_steps = total
         self.clip_grad = clip_grad
         self.freeze_last_layer = freeze_last_layer
         self.history: list[float] = []

@@ -1,4 +1,4 @@
-"""ISIC 2017 / 2018 / 2019 dermoscopy challenges, read in the layouts of the official release archives.
+"""ISIC 2017 / 2018 / 2019 dermoscopy challenges (RemixFormer++ §IV-A), read in the official archive layouts.
 
 Layouts read (``data.root`` = the folder the archives were unpacked into)::
 

@@ -1,4 +1,4 @@
-"""RemixFormer++ Table VIII on Derm7pt: sensitivity, specificity, AUC and F1 with the Avg1 / Avg2 summaries.
+"""RemixFormer++ Table VIII (§V-C) on Derm7pt: sensitivity, specificity, AUC and F1 with the Avg1 / Avg2 summaries.
 
 * Avg1 = mean over the 5 diagnosis classes, each scored one-vs-rest (predicted class = argmax).
 * Avg2 = mean over 8 "categories positively associated with melanoma": the diagnosis class MEL and one class of each

@@ -1,4 +1,4 @@
-"""The ISIC 2018/2019 classification scoring: balanced multi-class accuracy (BMCA) with the official rules, AP, AUC.
+"""ISIC 2018/2019 scoring (RemixFormer++ Table IV, §V-B): balanced multi-class accuracy (BMCA), AP, AUC.
 
 Rules of the official scorer (``ImageMarkup/isic-challenge-scoring``), reproduced here:
 
