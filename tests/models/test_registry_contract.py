@@ -24,10 +24,19 @@ def _x(b=2):
     return {"clinical": torch.rand(b, 3, 32, 32), "dermoscopy": torch.rand(b, 3, 32, 32), "record": torch.randn(b, 9)}
 
 
+TINY = {  # families whose defaults are paper-sized get tiny settings that fit 32 x 32 inputs
+    "remixformer_pp": dict(clinical_branch="vit", clinical_options=dict(patch_size=16, embed_dim=48, depth=1,
+                                                                        num_heads=2),
+                           dermoscopy_options=dict(window_size=16, patch_size=8, embed_dim=32, depth=1, num_heads=2,
+                                                   region_depth=1, num_templates=4),
+                           fusion_dim=32, fusion_heads=4),
+}
+
+
 def _build(name):
     """Tiny settings: foundation-model families get a 2-block ViT and the image modalities only (they take images)."""
     valid = model_options(name)
-    options, spec = {}, SPEC
+    options, spec = dict(TINY.get(name, {})), SPEC
     if "vfm" in valid:
         options["vfm"], spec = "tiny_dinov2", SPEC.restrict(["clinical", "dermoscopy"])
     if valid.get("modality", None) is inspect.Parameter.empty:

@@ -162,6 +162,23 @@ def _int_maps(args: argparse.Namespace) -> int:
     return 0
 
 
+def _permutation(args: argparse.Namespace) -> int:
+    from mmdiag.explain.permutation import permutation_for_run
+
+    for path in permutation_for_run(args.run, args.output, args.split, args.task, args.record, args.repeats,
+                                    args.seed):
+        print(path)
+    return 0
+
+
+def _window_attention(args: argparse.Namespace) -> int:
+    from mmdiag.explain.window_attention import window_attention_for_run
+
+    written = window_attention_for_run(args.run, args.output, args.split, args.cases)
+    print(f"wrote {len(written)} window-attention panel(s) to {written[0].parent if written else args.output}")
+    return 0
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``explain`` verb with its ``gradcam``, ``tsne``, ``int-maps`` and ``layers`` commands."""
     p = subparsers.add_parser("explain", help="Grad-CAM overlays, t-SNE plots and layer listings of a finished run")
@@ -213,6 +230,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     im.add_argument("--cases", type=int, default=8, help="first N cases of the split")
     im.add_argument("--output", help="output folder (default: RUN/plots/int_maps)")
     im.set_defaults(fn=_int_maps)
+
+    pm = sub.add_parser("permutation", help="record-field permutation importance per class (CSV + PNG heat map)")
+    pm.add_argument("--run", required=True, help="run folder (a model reading a record modality)")
+    pm.add_argument("--split", default="test", choices=["train", "val", "test"])
+    pm.add_argument("--task", help="single-label task (default: the main task)")
+    pm.add_argument("--record", help="tabular modality (default: the only one)")
+    pm.add_argument("--repeats", type=int, default=5, help="shuffles per field")
+    pm.add_argument("--seed", type=int, default=0)
+    pm.add_argument("--output", help="output folder (default: RUN/explain)")
+    pm.set_defaults(fn=_permutation)
+
+    wa = sub.add_parser("window-attention", help="RemixFormer++: region-encoder attention over the dermoscopy "
+                                                 "windows (PNG)")
+    wa.add_argument("--run", required=True, help="run folder (remixformer_pp with D, or remixformer_d)")
+    wa.add_argument("--split", default="test", choices=["train", "val", "test"])
+    wa.add_argument("--cases", type=int, default=8, help="first N cases of the split")
+    wa.add_argument("--output", help="output folder (default: RUN/explain)")
+    wa.set_defaults(fn=_window_attention)
 
     la = sub.add_parser("layers", help="layers with spatial outputs (names for --layer), with shapes and layouts")
     la.add_argument("--run", required=True, help="run folder")

@@ -14,7 +14,7 @@ from mmdiag.errors import MmdiagError
 __all__ = ["main", "build_parser", "VERB_MODULES"]
 
 # Further verbs live in their own modules, each with ``register(subparsers)`` adding its parser (fn=...).
-VERB_MODULES: list[str] = ["mmdiag.cli.medmnist", "mmdiag.cli.explain", "mmdiag.cli.robustness"]
+VERB_MODULES: list[str] = ["mmdiag.cli.medmnist", "mmdiag.cli.explain", "mmdiag.cli.robustness", "mmdiag.cli.pretrain"]
 
 
 def _train(args: argparse.Namespace) -> int:

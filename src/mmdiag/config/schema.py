@@ -64,6 +64,11 @@ class DataConfig(_Section):
         default_factory=dict,
         description="oversample: relative share of each stratum of the main task in an epoch: a class name, or the "
                     "positive labels joined by '|' in class order ('none': no positive label); default: equal")
+    pairing: Literal["none", "disease"] = Field(
+        "none", description="disease: training cases borrow missing modalities from same-diagnosis training cases "
+                            "(RemixFormer's disease-wise pairing; never across splits)")
+    pairing_swap_p: float = Field(0.0, ge=0, le=1, description="disease pairing: chance to exchange a present "
+                                                               "modality too")
     cache_dir: str | None = Field(None, description="on-disk cache of decoded, resized images/volumes")
     verify: bool = Field(True, description="decode every case once before training to find unreadable files")
     on_bad_case: Literal["error", "skip"] = "error"

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -79,12 +81,25 @@ class MultimodalDataModule(L.LightningDataModule):
         cache = DecodeCache(self.cfg.cache_dir) if self.cfg.cache_dir else None
         volume_tf = build_volume_transform(self.cfg.augment.get("volume", []))
         for name, idx in self.split.items():
-            ds = CaseDataset(self.table, idx, self.encoders, modalities=self.modalities, train=name == "train",
-                             seed=self.seed, cache=cache, volume_transform=volume_tf,
-                             modality_dropout=self.cfg.modality_dropout if name == "train" else None)
+            ds = self._dataset_class(name)(self.table, idx, self.encoders, modalities=self.modalities,
+                                           train=name == "train", seed=self.seed, cache=cache,
+                                           volume_transform=volume_tf,
+                                           modality_dropout=self.cfg.modality_dropout if name == "train" else None)
             if self.cfg.verify:
                 self.bad_cases += [{**b, "split": name} for b in ds.verify(self.cfg.on_bad_case)]
             self.datasets[name] = ds
+
+    def _dataset_class(self, name: str) -> Callable[..., CaseDataset]:
+        """``CaseDataset``, or for the training split with ``data.pairing=disease`` the disease-paired one."""
+        if name != "train" or self.cfg.pairing == "none":
+            return CaseDataset
+        task = self.spec.main_task
+        if self.spec.tasks[task].type == "multilabel":
+            raise ConfigError(f"data.pairing=disease pairs cases by the label of the main task {task!r}, which is "
+                              "multi-label; set data.pairing=none or make a single-label task primary")
+        from mmdiag.data.pairing import DiseasePairedDataset
+
+        return functools.partial(DiseasePairedDataset, task=task, swap_p=self.cfg.pairing_swap_p)
 
     def _world(self) -> tuple[int, int]:
         trainer = getattr(self, "trainer", None)

@@ -75,21 +75,30 @@ class CaseDataset(Dataset):
             dropped = drop_modalities({m: self.table.present(case, m) for m in self.modalities},
                                       self.modality_dropout, (self.seed, self.epoch, index))
         for m in self.modalities:
-            spec = self.table.spec.modalities[m]
             here = self.table.present(case, m) and m not in dropped
             present[m] = here
-            if spec.kind == "tabular":
-                inputs[m] = self.encoders[m].encode(case.inputs.get(m) if here else None, case_id=case.case_id)
-            elif here:
-                x = self.table.read(case, m, train=self.train, rng=rng, cache=self.cache)
-                if spec.kind == "volume" and self.train and self.volume_transform is not None:
-                    x = self.volume_transform(x, int(rng.integers(2**31)))
-                inputs[m] = x
-            else:
-                inputs[m] = torch.zeros(spec.shape)
+            inputs[m] = self.load(index, m, rng, here)
         labels = {t: torch.as_tensor(v, dtype=torch.float32 if np.ndim(v) else torch.long)
                   for t, v in case.labels.items()}
         return {"case_id": case.case_id, "index": index, "inputs": inputs, "present": present, "labels": labels}
+
+    def load(self, index: int, m: str, rng: np.random.Generator, here: bool | None = None) -> torch.Tensor:
+        """Modality ``m`` of table case ``index`` as the model sees it (zeros / an all-zero record when missing).
+
+        Args:
+            here: whether to read it (default: whether the case has it; ``False`` for a dropped modality).
+        """
+        case = self.table.cases[index]
+        spec = self.table.spec.modalities[m]
+        here = self.table.present(case, m) if here is None else here
+        if spec.kind == "tabular":
+            return self.encoders[m].encode(case.inputs.get(m) if here else None, case_id=case.case_id)
+        if not here:
+            return torch.zeros(spec.shape)
+        x = self.table.read(case, m, train=self.train, rng=rng, cache=self.cache)
+        if spec.kind == "volume" and self.train and self.volume_transform is not None:
+            x = self.volume_transform(x, int(rng.integers(2**31)))
+        return x
 
     def verify(self, on_bad_case: str) -> list[dict[str, str]]:
         """Decode every case once. Returns the bad cases (``on_bad_case='skip'``, which also drops them).

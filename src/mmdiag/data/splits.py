@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
 
@@ -44,7 +46,12 @@ def _group_split(idx: np.ndarray, strata: np.ndarray, groups: np.ndarray, n_spli
     if n_groups < n_splits:
         raise DataError(f"only {n_groups} patients to split into {n_splits} folds; use fewer folds")
     skf = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-    rest, held = list(skf.split(idx, strata[idx], groups[idx]))[which]
+    try:
+        rest, held = list(skf.split(idx, strata[idx], groups[idx]))[which]
+    except ValueError:  # every class has fewer cases than folds: stratifying is impossible, grouping still holds
+        warnings.warn(f"every class of the main task has fewer than {n_splits} cases: the {n_splits}-fold split is "
+                      "grouped by patient but not stratified", stacklevel=2)
+        rest, held = list(skf.split(idx, np.zeros(len(idx), dtype=int), groups[idx]))[which]
     return idx[rest], idx[held]
 
 

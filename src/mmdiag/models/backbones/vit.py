@@ -1,8 +1,9 @@
 """Vision Transformer backbones of the vision foundation models (VFMs) used by EI (paper 003).
 
-One :class:`VisionTransformer` covers DINOv2 ViT-S/14 and ViT-B/14, with and without 4 register tokens, and the
-OpenAI CLIP ViT-B/16 image tower. Their published weights load unchanged from a local file in every real layout
-(official DINOv2 ``.pth``, OpenAI CLIP, timm, Hugging Face transformers) through :func:`checkpoint_filter_fn`.
+One :class:`VisionTransformer` covers DINOv2 ViT-S/14 and ViT-B/14, with and without 4 register tokens, DINO (v1)
+ViT-S/16 (RemixFormer++'s window encoder) and the OpenAI CLIP ViT-B/16 image tower. Their published weights load
+unchanged from a local file in every real layout (official DINOv2 ``.pth``, DINO, OpenAI CLIP, timm, Hugging Face
+transformers) through :func:`checkpoint_filter_fn`.
 
 mmdiag's own key layout (timm names)::
 
@@ -408,6 +409,9 @@ def _detect_layout(state: Mapping[str, torch.Tensor]) -> tuple[str, str]:
             return "hf_dinov2", prefix
     if "mask_token" in state or "register_tokens" in state:
         return "official_dinov2", ""
+    for prefix in ("module.backbone.", "backbone."):  # DINO training checkpoint's student / teacher
+        if prefix + "cls_token" in state:
+            return "dino_train", prefix
     return "timm", ""
 
 
@@ -438,7 +442,10 @@ def checkpoint_filter_fn(state_dict: Mapping[str, torch.Tensor], model: VisionTr
     Layouts, by sentinel key: OpenAI CLIP (``visual.class_embedding``, or ``class_embedding`` for the visual tower
     alone); Hugging Face CLIPVisionModel(WithProjection)/CLIPModel (``[vision_model.]embeddings.patch_embedding``);
     Hugging Face Dinov2Model/Dinov2WithRegistersModel (``[dinov2.]embeddings.patch_embeddings.projection``);
-    official DINOv2 ``.pth`` (``mask_token`` / ``register_tokens``); otherwise timm's layout, which is mmdiag's own.
+    official DINOv2 ``.pth`` (``mask_token`` / ``register_tokens``); a DINO (v1) training checkpoint's ``student``
+    or ``teacher`` dict (``module.backbone.cls_token`` / ``backbone.cls_token``: the backbone is kept, the projection
+    head ``head.*`` dropped); otherwise timm's layout, which is mmdiag's own and also that of the released DINO
+    backbones (``dino_deitsmall16_pretrain.pth``) and of ``mmdiag pretrain dino``'s output.
 
     Then: the CLIP projection is kept if the model has one (``proj_dim``) and dropped with a log line otherwise;
     ``pos_embed`` is resized to the model's grid when it differs (bicubic, no antialias, [CLS] row kept); classifier
@@ -458,6 +465,8 @@ def checkpoint_filter_fn(state_dict: Mapping[str, torch.Tensor], model: VisionTr
         state = _convert_hf_dinov2(state_dict, prefix)
     elif layout == "official_dinov2":
         state = _convert_official_dinov2(state_dict)
+    elif layout == "dino_train":
+        state = _take_prefix(state_dict, prefix, "DINO training (student/teacher)")
     else:
         state = dict(state_dict)
         _fix_timm_layout(state, own)
@@ -488,6 +497,7 @@ def checkpoint_filter_fn(state_dict: Mapping[str, torch.Tensor], model: VisionTr
 _DINOV2 = dict(img_size=518, patch_size=14, depth=12, init_values=1.0, norm_eps=1e-6, dynamic_img_size=True,
                interpolate_antialias=False, interpolate_offset=0.1)
 _DINOV2_REG = dict(_DINOV2, reg_tokens=4, interpolate_antialias=True, interpolate_offset=0.0)
+_DINO = dict(img_size=224, patch_size=16, depth=12, norm_eps=1e-6, dynamic_img_size=True, interpolate_offset=0.1)
 _CLIP = dict(img_size=224, patch_size=16, pre_norm=True, patch_bias=False, act_layer="quick_gelu", norm_eps=1e-5)
 
 
@@ -525,6 +535,16 @@ def dinov2_vitb14_reg(**kwargs: Any) -> VisionTransformer:
 
 
 @register_model(options=VisionTransformer)
+def dino_vits16(**kwargs: Any) -> VisionTransformer:
+    """DINO ViT-S/16 (Caron et al. 2021; ``dino_deitsmall16_pretrain.pth``): 384 wide, 6 heads, no LayerScale.
+
+    The 14x14 position table is resampled at run time for other inputs (e.g. 16x16 for RemixFormer++'s 256²
+    windows, 6x6 for DINO's 96² local crops) with DINO's ``+0.1`` scale-factor offset.
+    """
+    return _create_vit(dict(_DINO, embed_dim=384, num_heads=6), kwargs, IMAGENET_MEAN, IMAGENET_STD)
+
+
+@register_model(options=VisionTransformer)
 def clip_vit_b16(**kwargs: Any) -> VisionTransformer:
     """OpenAI CLIP ViT-B/16 image tower: QuickGELU, ``norm_pre``; ``proj_dim=512`` keeps CLIP's projection.
 
@@ -554,3 +574,10 @@ def tiny_clip(**kwargs: Any) -> VisionTransformer:
     """Test variant with the CLIP image tower's structure (2 blocks, 32 wide, 64 px grid)."""
     return _create_vit(dict(_CLIP, img_size=64, embed_dim=32, depth=2, num_heads=2), kwargs, OPENAI_CLIP_MEAN,
                        OPENAI_CLIP_STD)
+
+
+@register_model(options=VisionTransformer)
+def tiny_dino(**kwargs: Any) -> VisionTransformer:
+    """Test variant with DINO ViT-S/16's structure (2 blocks, 32 wide, patch 8, 32 px grid)."""
+    return _create_vit(dict(_DINO, img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2), kwargs,
+                       IMAGENET_MEAN, IMAGENET_STD)
