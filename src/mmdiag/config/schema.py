@@ -55,6 +55,8 @@ class DataConfig(_Section):
     split: SplitConfig = SplitConfig()
     sampling: Literal["uniform", "oversample"] = Field(
         "uniform", description="oversample: draw training cases with probability ∝ 1 / class frequency (main task)")
+    tabular_scaling: Literal["standard", "minmax"] = Field(
+        "standard", description="numeric record fields: standardised, or min-max scaled to [-1, 1] (fitted on train)")
     cache_dir: str | None = Field(None, description="on-disk cache of decoded, resized images/volumes")
     verify: bool = Field(True, description="decode every case once before training to find unreadable files")
     on_bad_case: Literal["error", "skip"] = "error"

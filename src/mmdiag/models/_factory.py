@@ -22,13 +22,13 @@ __all__ = ["create_model", "list_models", "register_model", "register_multimodal
            "model_options", "check_options"]
 
 
-def _register(fn: Callable | None, multimodal: bool, options: Callable | None, name: str | None):
+def _register(fn: Callable | None, multimodal: bool, options: Callable | None, name: str | None, **tags: Any):
     def wrap(f: Callable) -> Callable:
         var_kw = any(p.kind is p.VAR_KEYWORD for p in inspect.signature(f).parameters.values())
         if var_kw and options is None:
             raise TypeError(f"model builder {f.__qualname__} takes **kwargs: register it with options=<the callable "
                             "they are passed to>")
-        return MODELS.register(f, name=name, multimodal=multimodal, options=options)
+        return MODELS.register(f, name=name, multimodal=multimodal, options=options, **tags)
 
     return wrap(fn) if fn is not None else wrap
 
@@ -42,9 +42,14 @@ def register_model(fn: Callable | None = None, *, options: Callable | tuple[Call
     return _register(fn, False, options, name)
 
 
-def register_multimodal(fn: Callable | None = None, *, options: Callable | tuple[Callable, ...] | None = None, name: str | None = None):
-    """Register a builder ``f(spec, **options)`` of a :class:`~mmdiag.models.contract.MultimodalModel`."""
-    return _register(fn, True, options, name)
+def register_multimodal(fn: Callable | None = None, *, options: Callable | tuple[Callable, ...] | None = None, name: str | None = None,
+                        default_spec: Callable[[int], Any] | None = None):
+    """Register a builder ``f(spec, **options)`` of a :class:`~mmdiag.models.contract.MultimodalModel`.
+
+    Args:
+        default_spec: ``f(num_classes) -> DatasetSpec`` used by ``create_model(name, num_classes=N)`` without a spec.
+    """
+    return _register(fn, True, options, name, **({"default_spec": default_spec} if default_spec else {}))
 
 
 def _families() -> None:

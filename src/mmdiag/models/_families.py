@@ -6,3 +6,5 @@ from mmdiag.models.backbones import vit
 from mmdiag.models.backbones import medmamba
 from mmdiag.models.fusion import vfm_baselines
 from mmdiag.models.fusion import ei
+from mmdiag.models.backbones import penet
+from mmdiag.models.nets import mmcaf_net

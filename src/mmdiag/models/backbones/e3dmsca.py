@@ -235,10 +235,13 @@ class Pyramid3D(nn.Module):
             out.insert(0, self.msca[i](feats[i] + up, self.sab))
         return out
 
+    def bottom_up(self, levels: Sequence[Tensor]) -> Tensor:
+        """BFPU fusion of the E3D-MSCA outputs (shallow → deep) into the deepest level's grid."""
+        fused = levels[0]
+        for i, bfpu in enumerate(self.bfpu):
+            fused = bfpu(levels[i + 1], fused)
+        return fused
+
     def forward(self, feats: Sequence[Tensor]) -> Tensor:
         """The fused deepest map ``(B, widths[-1], D_L, H_L, W_L)`` from the backbone's levels (shallow → deep)."""
-        d = self.top_down(feats)
-        fused = d[0]
-        for i, bfpu in enumerate(self.bfpu):
-            fused = bfpu(d[i + 1], fused)
-        return fused
+        return self.bottom_up(self.top_down(feats))

@@ -71,22 +71,21 @@ class KANLayer(nn.Module):
                               " need low < high, grid_size >= 1 and spline_order >= 0")
         self.in_features, self.out_features, self.k = in_features, out_features, spline_order
         h = (hi - lo) / grid_size
-        steps = torch.arange(-spline_order, grid_size + spline_order + 1, dtype=torch.float32)
-        self.register_buffer("grid", (lo + h * steps).expand(in_features, -1).contiguous(), persistent=False)
-        self.coef = nn.Parameter(torch.empty(in_features, out_features, grid_size + spline_order))
+        steps = torch.arange(-spline_order, grid_size + spline_order + 1, dtype=torch.float32, device="cpu")
+        grid = (lo + h * steps).expand(in_features, -1).contiguous()
+        coef = self._noise_coef(grid, noise_scale / grid_size, grid_size)
+        self.register_buffer("grid", grid.to(torch.get_default_device()), persistent=False)
+        self.coef = nn.Parameter(coef.to(torch.get_default_device()))
         self.scale_base = nn.Parameter((torch.rand(in_features, out_features) * 2 - 1) / in_features**0.5)
         self.scale_sp = nn.Parameter(torch.full((in_features, out_features), float(scale_sp)))
-        with torch.no_grad():
-            self.coef.copy_(self._noise_coef(noise_scale / grid_size, grid_size))
         self.num_features = out_features
 
-    def _noise_coef(self, amplitude: float, grid_size: int) -> Tensor:
-        """Coefficients whose splines least-squares fit uniform noise at the ``G + 1`` grid points."""
-        pts = self.grid[:, self.k: self.k + grid_size + 1].T  # (G+1, I)
-        noise = (torch.rand(grid_size + 1, self.in_features, self.out_features) - 0.5) * amplitude
-        basis = bspline_basis(pts, self.grid, self.k).permute(1, 0, 2)  # (I, G+1, C)
-        target = noise.permute(1, 0, 2)  # (I, G+1, O)
-        sol = torch.linalg.lstsq(basis, target, driver="gelsd" if basis.device.type == "cpu" else None).solution
+    def _noise_coef(self, grid: Tensor, amplitude: float, grid_size: int) -> Tensor:
+        """Coefficients (CPU) whose splines least-squares fit uniform noise at the ``G + 1`` grid points."""
+        pts = grid[:, self.k: self.k + grid_size + 1].T  # (G+1, I)
+        noise = (torch.rand(grid_size + 1, self.in_features, self.out_features, device="cpu") - 0.5) * amplitude
+        basis = bspline_basis(pts, grid, self.k).permute(1, 0, 2)  # (I, G+1, C)
+        sol = torch.linalg.lstsq(basis, noise.permute(1, 0, 2), driver="gelsd").solution  # (I, C, O)
         return sol.permute(0, 2, 1)  # (I, O, C)
 
     def forward(self, x: Tensor) -> Tensor:
