@@ -3,8 +3,9 @@
 Every patient has one study with a long CT series (annotated on a few slices), a shorter CT series and a PET series.
 Slice ``i`` in position order (ascending along the normal) holds ``HU = -1000 + 20 * i`` in its first row, so a test
 can tell the order slices were read in; file names (``1-<InstanceNumber>.dcm``) and instance numbers are shuffled
-against the positions. The CT series store HU with RescaleSlope/RescaleIntercept that differ per series, so a reader
-that skips the rescale sees different numbers. Tumour slices hold a bright box (the VOC box) at +40 HU (A) or
+against the positions. The CT series store HU with RescaleSlope/RescaleIntercept that differ per series (unsigned
+with intercept -1024 or slope 2 / intercept -2048, signed with intercept 0), so a reader that skips the rescale sees
+different numbers. Tumour slices hold a bright box (the VOC box) at +40 HU (A) or
 +200 HU (G). The clinical spreadsheet spells its headers as the release does, one with a full-width letter and the
 M-stage with a Cyrillic "М".
 """
@@ -68,6 +69,7 @@ def _write_series(folder: Path, p: FixturePatient, series_no: int, n: int, modal
 
     folder.mkdir(parents=True, exist_ok=True)
     slope, intercept = rescale
+    signed = intercept == 0  # HU stored as is needs signed integers (PixelRepresentation 1)
     series_uid, study_uid = _uid(p.pid, series_no), _uid(p.pid, "study")
     instance = rng.permutation(n) + 1  # instance numbers (and so file names) shuffled against positions
     uids = []
@@ -77,7 +79,7 @@ def _write_series(folder: Path, p: FixturePatient, series_no: int, n: int, modal
         if tumour is not None and tumour[0] <= i <= tumour[1]:
             hu[size // 3: 2 * size // 3, size // 3: 2 * size // 3] = 40 if p.pid[8] == "A" else 200
         hu[0, :] = -1000 + 20 * i
-        stored = np.round((hu - intercept) / slope).astype(np.uint16)
+        stored = np.round((hu - intercept) / slope).astype(np.int16 if signed else np.uint16)
         sop = _uid(p.pid, series_no, i)
         meta = FileMetaDataset()
         meta.MediaStorageSOPClassUID = CTImageStorage if modality == "CT" else PositronEmissionTomographyImageStorage
@@ -94,7 +96,7 @@ def _write_series(folder: Path, p: FixturePatient, series_no: int, n: int, modal
         ds.PixelSpacing, ds.SliceThickness = [0.7, 0.7], spacing
         ds.Rows = ds.Columns = size
         ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, int(signed)
         ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
         ds.PixelData = stored.tobytes()
         ds.save_as(folder / f"1-{int(instance[i]):02d}.dcm", enforce_file_format=True)
