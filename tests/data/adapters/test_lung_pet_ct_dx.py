@@ -1,5 +1,6 @@
 """Lung-PET-CT-Dx adapter: DICOM slice order, HU rescale, windows, grouping, XLSX headers, named errors, a run."""
 
+import json
 import shutil
 
 import numpy as np
@@ -232,6 +233,35 @@ def test_inconsistent_spacing_is_named(copy):
         t.read(case, "ct", train=False, rng=np.random.default_rng(0))
     loose = lung_pet_ct_dx(str(copy), image_size=SIZE, spacing_tolerance=0.5)
     loose.read(_eval_case(loose, "Lung_Dx-G0003"), "ct", train=False, rng=np.random.default_rng(0))
+
+
+def test_index_cache_is_reused_until_a_series_changes(copy, tmp_path):
+    index = tmp_path / "index.json"
+    fresh = lung_pet_ct_dx(str(copy), image_size=SIZE)
+    first = lung_pet_ct_dx(str(copy), image_size=SIZE, index_cache=str(index))
+    assert index.is_file()
+    again = lung_pet_ct_dx(str(copy), image_size=SIZE, index_cache=str(index))
+    for t in (first, again):
+        assert [c.case_id for c in t.cases] == [c.case_id for c in fresh.cases]
+        for key, s in t.series.items():
+            assert s.files == fresh.series[key].files and s.sop_uids == fresh.series[key].sop_uids
+            np.testing.assert_array_equal(s.positions, fresh.series[key].positions)
+    # the cache is what the second build used: a cache entry edited by hand shows through
+    entries = json.loads(index.read_text())
+    folder = str(_series(copy, "Lung_Dx-G0003").resolve())
+    entries[folder]["error"] = ["case 'x': planted", "f.dcm"]
+    index.write_text(json.dumps(entries))
+    planted = lung_pet_ct_dx(str(copy), image_size=SIZE, index_cache=str(index))
+    with pytest.raises(DataError, match="planted"):
+        planted.read(_eval_case(planted, "Lung_Dx-G0003"), "ct", train=False, rng=np.random.default_rng(0))
+    # a changed file invalidates its series' entry: the real problem is found again
+    s = fresh.series[series_key(_eval_case(fresh, "Lung_Dx-G0003").case_id)]
+    ds = pydicom.dcmread(s.files[10])
+    ds.ImagePositionPatient = [-100.0, -120.0, float(ds.ImagePositionPatient[2]) + 2.0]
+    ds.save_as(s.files[10])
+    changed = lung_pet_ct_dx(str(copy), image_size=SIZE, index_cache=str(index))
+    with pytest.raises(DataError, match="inconsistent slice spacing"):
+        changed.read(_eval_case(changed, "Lung_Dx-G0003"), "ct", train=False, rng=np.random.default_rng(0))
 
 
 def test_decode_cache_holds_the_series(root, tmp_path):

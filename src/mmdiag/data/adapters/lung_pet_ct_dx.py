@@ -64,7 +64,7 @@ import torch
 import torch.nn.functional as F
 
 from mmdiag.data.adapters._common import check_choice
-from mmdiag.data.adapters._dicom import SeriesIndex, index_series, read_hu_slices
+from mmdiag.data.adapters._dicom import IndexCache, SeriesIndex, first_modality, index_series, read_hu_slices
 from mmdiag.data.readers import DecodeCache
 from mmdiag.data.schema import CategoricalField, DatasetSpec, NumericField, TabularModality, TaskSpec, VolumeModality
 from mmdiag.data.table import CaseRecord, CaseTable
@@ -325,15 +325,25 @@ def _patient_dirs(root: Path, images: str | None) -> dict[str, Path]:
     return dirs
 
 
-def _ct_series(pid: str, folder: Path, spacing_tolerance: float) -> list[SeriesIndex]:
-    """The patient's CT series (each series folder's headers indexed)."""
+def _ct_series(pid: str, folder: Path, spacing_tolerance: float, index: IndexCache | None) -> list[SeriesIndex]:
+    """The patient's CT series; a folder whose first readable file is not CT is skipped without indexing."""
     by_folder: dict[Path, list[Path]] = defaultdict(list)
     for f in folder.rglob("*.dcm"):
         by_folder[f.parent].append(f)
     out = []
     for sfolder, files in sorted(by_folder.items()):
-        s = index_series(sfolder, files, f"{pid}/{sfolder.name}", spacing_tolerance)
-        if s.modality == "CT":
+        s = index.get(sfolder, files) if index is not None else None
+        if s is None:
+            modality = first_modality(files)
+            if modality is not None and modality != "CT":
+                s = {"modality": modality}
+                if index is not None:
+                    index.put(sfolder, files, modality)
+            else:
+                s = index_series(sfolder, files, f"{pid}/{sfolder.name}", spacing_tolerance)
+                if index is not None:
+                    index.put(sfolder, files, s)
+        if isinstance(s, SeriesIndex) and s.modality == "CT":
             out.append(s)
     return out
 
@@ -376,7 +386,7 @@ def lung_pet_ct_dx(root: str, classes: str = "AG", num_slices: int = 12, image_s
                    eval_windows: str = "sliding", eval_series: str = "largest", window_stride: int | None = None,
                    split: str = "random", val_fraction: float = 0.15, test_fraction: float = 0.2, split_seed: int = 0,
                    spacing_tolerance: float = 0.1, images: str | None = None, annotations: str | None = None,
-                   clinical: str | None = None) -> LungPetCtDxTable:
+                   clinical: str | None = None, index_cache: str | None = None) -> LungPetCtDxTable:
     """Lung-PET-CT-Dx: 12-slice CT windows + clinical record; adenocarcinoma vs squamous-cell (or four types).
 
     Args:
@@ -395,6 +405,8 @@ def lung_pet_ct_dx(root: str, classes: str = "AG", num_slices: int = 12, image_s
         spacing_tolerance: largest relative deviation of a slice gap from the series' median gap.
         images, annotations, clinical: the patient folders' parent, the VOC ``Annotation`` folder and the XLSX, as
             paths relative to ``root`` (default: found below ``root``).
+        index_cache: a JSON file keeping the DICOM header index between builds (reused while a series folder's
+            files are unchanged); default: headers are read on every build.
 
     Raises:
         ConfigError: an option value outside its choices, or an ambiguous / missing named path.
@@ -435,8 +447,9 @@ def lung_pet_ct_dx(root: str, classes: str = "AG", num_slices: int = 12, image_s
     labels = {p: letters.index(p[len("Lung_Dx-")]) for p in patients}
     split_of = _split_patients(labels, split, val_fraction, test_fraction, split_seed)
     cases, series, left_out = [], {}, []
+    index = IndexCache(index_cache, salt=f"spacing_tolerance={spacing_tolerance}") if index_cache else None
     for pid, folder in sorted(patients.items()):
-        cts = _ct_series(pid, folder, spacing_tolerance)
+        cts = _ct_series(pid, folder, spacing_tolerance, index)
         if not cts:
             left_out.append((pid, "no CT series"))
             continue
@@ -460,6 +473,8 @@ def lung_pet_ct_dx(root: str, classes: str = "AG", num_slices: int = 12, image_s
             cases.append(CaseRecord(f"{key}@{window_id}", pid, {"ct": str(s.folder), "record": records.get(pid)},
                                     {"diagnosis": labels[pid]}, which,
                                     extra={"start": int(start), "tumour": tumour}))
+    if index is not None:
+        index.save()
     if left_out:
         _log.info("lung_pet_ct_dx: %d patient(s) left out: %s", len(left_out), left_out[:5])
     if not cases:
