@@ -79,6 +79,7 @@ class LossConfig(_Section):
     task_weights: dict[str, float] = Field(default_factory=dict, description="per-task loss weight (default 1)")
     class_weights: Literal["none", "balanced"] = "none"
     label_smoothing: float = Field(0.0, ge=0, lt=1)
+    focal_gamma: float = Field(0.0, ge=0, description="focal loss exponent for single-label tasks (0: cross-entropy)")
 
 
 class OptimConfig(_Section):

@@ -89,7 +89,8 @@ def _loss(cfg: ExperimentConfig, dm: MultimodalDataModule) -> MultiTaskLoss:
     if cfg.loss.class_weights == "balanced":
         train = dm.split["train"]
         weights = {t: balanced_class_weights(task, dm.table.label_matrix(t)[train]) for t, task in dm.spec.tasks.items()}
-    return MultiTaskLoss(dm.spec.tasks, cfg.loss.task_weights, weights, cfg.loss.label_smoothing)
+    return MultiTaskLoss(dm.spec.tasks, cfg.loss.task_weights, weights, cfg.loss.label_smoothing,
+                         cfg.loss.focal_gamma)
 
 
 def _merge_logs(earlier: Path, current: Path) -> None:
