@@ -94,7 +94,9 @@ def test_missing_record_does_not_depend_on_its_tensor():
 
 
 def test_frozen_parts_stay_in_eval_mode_unless_asked():
-    model = create_model("tiny_mmcaf_net", spec=SPEC).train()
+    model = create_model("tiny_mmcaf_net", spec=SPEC)
+    assert not model.image.training and model.fusion.training  # from construction on
+    model.train()
     assert not model.image.training and model.fusion.training
     authors = create_model("tiny_mmcaf_net", spec=SPEC, frozen_mode="train").train()
     assert authors.image.backbone.training

@@ -187,6 +187,7 @@ class MMCAFNet(MultimodalModel):
             self.get_submodule(name).requires_grad_(False)
         self.num_features = self.image.num_features if rec is None else embed_dim
         self.heads = TaskHeads(self.num_features, spec.tasks)
+        self.train()  # frozen parts start in eval mode (trainers may never call train())
 
     def train(self, mode: bool = True) -> MMCAFNet:
         """Set train/eval mode; frozen parts stay in eval mode unless ``frozen_mode="train"``."""
