@@ -8,3 +8,4 @@ from mmdiag.models.fusion import vfm_baselines
 from mmdiag.models.fusion import ei
 from mmdiag.models.backbones import penet
 from mmdiag.models.nets import mmcaf_net
+from mmdiag.models.nets import mmcaf_baselines

@@ -31,7 +31,7 @@ __all__ = ["mmcaf_three_stage", "STAGE_DIRS"]
 _log = logging.getLogger(__name__)
 
 STAGE_DIRS = {"penet": "stage1_penet", "image": "stage2_image", "fusion": "stage3_fusion"}
-MODELS = ("mmcaf_net", "tiny_mmcaf_net")
+MODELS = ("mmcaf_net", "mmcaf_cross_attention", "mmcaf_clip", "tiny_mmcaf_net")
 
 
 def _stage_config(cfg: ExperimentConfig, stage: str, init_run: Path | None) -> ExperimentConfig:

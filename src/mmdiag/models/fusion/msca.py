@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from mmdiag.errors import ConfigError
 from mmdiag.models.layers.cross_attention import CrossAttention
 
-__all__ = ["BSF", "MSCA"]
+__all__ = ["AlignedFusion", "BSF", "CrossAttentionFusion", "MSCA"]
 
 
 class BSF(nn.Module):
@@ -101,3 +101,60 @@ class MSCA(nn.Module):
         for s in range(len(outs) - 2, -1, -1):
             fused = self.bsf[s](outs[s], fused)
         return fused
+
+
+class CrossAttentionFusion(nn.Module):
+    """Single-scale cross-attention fusion (paper 002 Table 3 "Cross-Attention"; the code's ``Simple_Fuse``): the
+    first MSCA scale alone, both directions through one attention, outputs averaged.
+
+    Args:
+        dim: feature width (24).
+        num_heads: heads (4).
+    """
+
+    def __init__(self, dim: int = 24, num_heads: int = 4):
+        super().__init__()
+        self.norm_img = nn.BatchNorm1d(dim)
+        self.norm_tab = nn.BatchNorm1d(dim)
+        self.attn = CrossAttention(dim, num_heads)
+        self.num_features = dim
+
+    def forward(self, img: Tensor, tab: Tensor) -> Tensor:
+        """Image tokens ``(B, N, dim)`` and tabular tokens ``(B, M, dim)`` → ``(B, dim)``."""
+        img, tab = _norm_tokens(self.norm_img, img), _norm_tokens(self.norm_tab, tab)
+        return (self.attn(img, tab).mean(1) + self.attn(tab, img).mean(1)) / 2
+
+
+class AlignedFusion(nn.Module):
+    """CLIP-style aligned fusion (paper 002 Table 3 "CLIP"; Radford et al. 2021): both modalities projected to a
+    shared space and L2-normalised; a symmetric InfoNCE loss pulls a case's image and record together against the
+    other cases of the batch; the two embeddings are concatenated and projected back to ``dim``.
+
+    Choice: the paper names the baseline only; temperature learnable from 0.07 (CLIP's initialisation), the
+    contrastive term is returned for the training system to add (:data:`~mmdiag.models.outputs.AUX_LOSS_KEY`).
+
+    Args:
+        dim: feature width (24).
+    """
+
+    def __init__(self, dim: int = 24):
+        super().__init__()
+        self.proj_img = nn.Linear(dim, dim)
+        self.proj_tab = nn.Linear(dim, dim)
+        self.logit_scale = nn.Parameter(torch.tensor(1 / 0.07).log())
+        self.merge = nn.Linear(2 * dim, dim)
+        self.num_features = dim
+
+    def forward(self, img: Tensor, tab: Tensor, pairs: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Pooled image ``(B, N, dim)`` and record ``(B, M, dim)`` tokens → fused ``(B, dim)`` and the contrastive
+        loss over the cases where ``pairs`` (bool ``(B,)``, default all) is true (0 with fewer than two)."""
+        zi = nn.functional.normalize(self.proj_img(img.mean(1)), dim=-1)
+        zt = nn.functional.normalize(self.proj_tab(tab.mean(1)), dim=-1)
+        keep = torch.ones(len(zi), dtype=torch.bool, device=zi.device) if pairs is None else pairs
+        if int(keep.sum()) < 2:
+            loss = zi.sum() * 0.0
+        else:
+            logits = self.logit_scale.exp() * zi[keep] @ zt[keep].T
+            target = torch.arange(len(logits), device=logits.device)
+            loss = (nn.functional.cross_entropy(logits, target) + nn.functional.cross_entropy(logits.T, target)) / 2
+        return self.merge(torch.cat([zi, zt], -1)), loss

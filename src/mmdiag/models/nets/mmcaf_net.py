@@ -39,14 +39,16 @@ from mmdiag.errors import CheckpointError, ConfigError
 from mmdiag.io.checkpoint import load_checkpoint
 from mmdiag.models._factory import register_multimodal
 from mmdiag.models.backbones.e3dmsca import Pyramid3D
-from mmdiag.models.contract import Inputs, MultimodalModel, Present
-from mmdiag.models.fusion.msca import MSCA
+from mmdiag.models.contract import Inputs, ModelOutput, MultimodalModel, Present
+from mmdiag.models.fusion.msca import MSCA, AlignedFusion, CrossAttentionFusion
 from mmdiag.models.layers.heads import TaskHeads
 from mmdiag.models.layers.presence import presence_mask
+from mmdiag.models.outputs import AUX_LOSS_KEY
 from mmdiag.models.tabular.kan import KANLayer
 from mmdiag.models.tabular.mlp import TabularMLP
 
-__all__ = ["MMCAFImageEncoder", "MMCAFNet", "mmcaf_net", "tiny_mmcaf_net", "record_columns", "resolve_modality", "STAGES"]
+__all__ = ["MMCAFImageEncoder", "MMCAFNet", "mmcaf_net", "mmcaf_cross_attention", "mmcaf_clip", "tiny_mmcaf_net",
+           "record_columns", "resolve_modality", "STAGES"]
 
 _log = logging.getLogger(__name__)
 
@@ -146,6 +148,9 @@ class MMCAFNet(MultimodalModel):
         kan_grid_size: KAN intervals on [-1, 1] (5).
         fusion_heads: MSCA heads per scale (4, 2, 2).
         fusion_drop: dropout of MSCA's projections (0.5).
+        fusion: ``msca`` (paper), ``cross_attention`` (Table 3: single-scale, the code's ``Simple_Fuse``) or ``clip``
+            (Table 3: CLIP-style aligned fusion with a contrastive term of weight ``clip_weight``).
+        clip_weight: weight of the contrastive term (``fusion="clip"``).
         fusion_tokens: ``single`` (paper: one token per modality) or ``pyramid`` (image tokens: ``f_img`` and each
             pyramid level max-pooled and projected to ``embed_dim``, so the record attends over several tokens).
         frozen_mode: ``eval`` (frozen parts in eval mode) or ``train`` (the authors' code).
@@ -156,12 +161,13 @@ class MMCAFNet(MultimodalModel):
                  level_drop: float = 0.3, head_drop: float = 0.5, bfpu_mode: Literal["gated", "concat"] = "gated",
                  drop_path_rate: float = 0.5, record_flags: bool = False, tabular: Literal["kan", "mlp"] = "kan", kan_grid_size: int = 5,
                  fusion_heads: tuple[int, ...] = (4, 2, 2), fusion_drop: float = 0.5,
+                 fusion: Literal["msca", "cross_attention", "clip"] = "msca", clip_weight: float = 0.5,
                  fusion_tokens: Literal["single", "pyramid"] = "single",
                  frozen_mode: Literal["eval", "train"] = "eval"):
         if stage not in STAGES:
             raise ConfigError(f"model.options.stage={stage!r}; choose one of {list(STAGES)}")
         for key, value, valid in (("tabular", tabular, ("kan", "mlp")), ("fusion_tokens", fusion_tokens,
-                                  ("single", "pyramid")), ("frozen_mode", frozen_mode, ("eval", "train"))):
+                                  ("single", "pyramid")), ("fusion", fusion, ("msca", "cross_attention", "clip")), ("frozen_mode", frozen_mode, ("eval", "train"))):
             if value not in valid:
                 raise ConfigError(f"model.options.{key}={value!r}; choose one of {list(valid)}")
         vol = resolve_modality(spec, volume, "volume", "volume")
@@ -179,7 +185,10 @@ class MMCAFNet(MultimodalModel):
             width = len(cols)
             self.tabular = (KANLayer(width, embed_dim, grid_size=kan_grid_size) if tabular == "kan"
                             else TabularMLP(width, (embed_dim, embed_dim), drop_rate=0.2))
-            self.fusion = MSCA(embed_dim, fusion_heads, fusion_drop)
+            self.fusion = {"msca": lambda: MSCA(embed_dim, fusion_heads, fusion_drop),
+                           "cross_attention": lambda: CrossAttentionFusion(embed_dim, fusion_heads[0]),
+                           "clip": lambda: AlignedFusion(embed_dim)}[fusion]()
+            self.fusion_mode, self.clip_weight = fusion, clip_weight
             self.level_proj = (nn.ModuleList(nn.Linear(c, embed_dim) for c in self.image.widths)
                                if fusion_tokens == "pyramid" else None)
         self.frozen: tuple[str, ...] = {"penet": (), "image": ("image.backbone",), "fusion": ("image",)}[stage]
@@ -225,16 +234,29 @@ class MMCAFNet(MultimodalModel):
         toks = [proj(F.adaptive_max_pool3d(lv, 1).flatten(1)) for proj, lv in zip(self.level_proj, levels, strict=True)]
         return torch.stack([f_img, *toks], 1)
 
-    def forward_features(self, inputs: Inputs, present: Present = None) -> Tensor:
+    def _fuse(self, inputs: Inputs, present: Present) -> tuple[Tensor, Tensor | None]:
+        """Features and, for ``fusion="clip"``, the contrastive term."""
         x = inputs[self.volume]
-        p_img = presence_mask(present, self.volume, x).to(x.dtype)
+        p_img = presence_mask(present, self.volume, x)
         if self.record is None:
-            return self.image(x) * p_img[:, None]
+            return self.image(x) * p_img[:, None].to(x.dtype), None
         r = inputs[self.record]
-        p_tab = presence_mask(present, self.record, r).to(r.dtype)
-        img = self._image_tokens(x) * p_img[:, None, None]
-        tab = (self.tabular(r[:, self.record_cols]) * p_tab[:, None]).unsqueeze(1)
-        return self.fusion(img, tab)
+        p_tab = presence_mask(present, self.record, r)
+        img = self._image_tokens(x) * p_img[:, None, None].to(x.dtype)
+        tab = (self.tabular(r[:, self.record_cols]) * p_tab[:, None].to(r.dtype)).unsqueeze(1)
+        if self.fusion_mode == "clip":
+            return self.fusion(img, tab, p_img & p_tab)
+        return self.fusion(img, tab), None
+
+    def forward_features(self, inputs: Inputs, present: Present = None) -> Tensor:
+        return self._fuse(inputs, present)[0]
+
+    def forward(self, inputs: Inputs, present: Present = None) -> ModelOutput:
+        features, align = self._fuse(inputs, present)
+        out = self.forward_head(features)
+        if align is not None and self.training:
+            out[AUX_LOSS_KEY] = {"clip": (self.clip_weight, align)}
+        return out
 
 
 def _default_spec(num_classes: int) -> DatasetSpec:
@@ -253,6 +275,18 @@ def _default_spec(num_classes: int) -> DatasetSpec:
 def mmcaf_net(spec: DatasetSpec, **kwargs) -> MMCAFNet:
     """MMCAF-Net (paper 002): PENet-50 + E3D-MSCA/BFPU, KAN record encoder, MSCA + BSF fusion (stage ``fusion``)."""
     return MMCAFNet(spec, **kwargs)
+
+
+@register_multimodal(options=MMCAFNet, default_spec=_default_spec)
+def mmcaf_cross_attention(spec: DatasetSpec, **kwargs) -> MMCAFNet:
+    """Table 3 "Cross-Attention": MMCAF-Net with single-scale cross-attention fusion (the code's ``Simple_Fuse``)."""
+    return MMCAFNet(spec, **{"fusion": "cross_attention", **kwargs})
+
+
+@register_multimodal(options=MMCAFNet, default_spec=_default_spec)
+def mmcaf_clip(spec: DatasetSpec, **kwargs) -> MMCAFNet:
+    """Table 3 "CLIP": MMCAF-Net's encoders with CLIP-style aligned fusion (contrastive term + concatenation)."""
+    return MMCAFNet(spec, **{"fusion": "clip", **kwargs})
 
 
 @register_multimodal(options=MMCAFNet, default_spec=_default_spec)
