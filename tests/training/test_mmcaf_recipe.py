@@ -59,3 +59,30 @@ def test_recipe_refuses_other_models(tmp_path):
     cfg = _cfg(tmp_path, tmp_path, ["model.name=late_fusion", "model.options={}"])
     with pytest.raises(ConfigError, match="mmcaf_three_stage"):
         run_experiment(cfg, tmp_path / "x")
+
+
+BASELINES = ["daft", "mmtm", "late_fusion", "penet"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", BASELINES)
+def test_baseline_configs_train_on_the_fixture(tmp_path, name):
+    from mmdiag.testing import write_lung_pet_ct_dx
+
+    torch.set_num_threads(1)
+    root = write_lung_pet_ct_dx(tmp_path / "data")
+    path = CONFIG.parent / f"{name}_lung_pet_ct_dx.yaml"
+    extra = {"daft": [], "mmtm": ["model.options.backbone=tiny_penet"],
+             "late_fusion": ["model.options.backbone=tiny_penet"], "penet": []}[name]
+    base = [f"data.root={root}", "data.options.num_slices=4", "data.options.image_size=24", "data.options.split=random",
+            "data.batch_size=2", "trainer.max_epochs=1", "trainer.accelerator=cpu", "trainer.enable_progress_bar=false",
+            "schedule.warmup_epochs=0", "data.verify=false", f"output_dir={tmp_path / 'runs'}"]
+    if name == "penet":
+        base.append("model.name=tiny_mmcaf_net")
+    cfg = load_config(path, base + extra)
+    result = run_experiment(cfg, tmp_path / "runs" / name)
+    assert (result.run_dir / "model.safetensors").is_file()
+    from mmdiag.evaluation.protocols.mmcaf import evaluate_mmcaf_run
+
+    proto = evaluate_mmcaf_run(result.run_dir)
+    assert proto["series"] == {"val": 2, "test": 2} and 0.0 <= proto["test"]["acc"] <= 1.0
