@@ -42,8 +42,8 @@ def register_model(fn: Callable | None = None, *, options: Callable | tuple[Call
     return _register(fn, False, options, name)
 
 
-def register_multimodal(fn: Callable | None = None, *, options: Callable | tuple[Callable, ...] | None = None, name: str | None = None,
-                        default_spec: Callable[[int], Any] | None = None):
+def register_multimodal(fn: Callable | None = None, *, options: Callable | tuple[Callable, ...] | None = None,
+                        name: str | None = None, default_spec: Callable[[int], Any] | None = None):
     """Register a builder ``f(spec, **options)`` of a :class:`~mmdiag.models.contract.MultimodalModel`.
 
     Args:

@@ -46,7 +46,7 @@ def _init_emcad(module: nn.Module) -> None:
 
 
 class CAB3D(nn.Module):
-    """Channel Attention Block, 3D (paper 002 §2.1, Eq. 1): sigmoid(MLP(avg-pool) + MLP(max-pool)) → ``(B, C, 1, 1, 1)``.
+    """Channel Attention Block, 3D (paper 002 §2.1, Eq. 1): sigmoid(MLP(avg-pool) + MLP(max-pool)), ``(B, C, 1, 1, 1)``.
 
     Args:
         channels: channels attended.

@@ -21,7 +21,6 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from mmdiag.models._factory import register_model
@@ -84,7 +83,8 @@ class PENetBottleneck(nn.Module):
         self.drop_path = DropPath(drop_path)
         self.downsample = None
         if stride != 1 or in_chans != out:
-            self.downsample = nn.Sequential(nn.Conv3d(in_chans, out, 1, stride=stride, bias=False), _gn(out, gn_divisor))
+            self.downsample = nn.Sequential(nn.Conv3d(in_chans, out, 1, stride=stride, bias=False),
+                                            _gn(out, gn_divisor))
 
     def forward(self, x: Tensor) -> Tensor:
         skip = x if self.downsample is None else self.downsample(x)

@@ -75,7 +75,8 @@ class DAFT(MultimodalModel):
 
     def __init__(self, spec: DatasetSpec, volume: str | None = None, record: str | None = None,
                  widths: tuple[int, int, int, int] = (4, 8, 16, 32), bottleneck: int = 7):
-        vol, rec = resolve_modality(spec, volume, "volume", "volume"), resolve_modality(spec, record, "tabular", "record")
+        vol = resolve_modality(spec, volume, "volume", "volume")
+        rec = resolve_modality(spec, record, "tabular", "record")
         super().__init__(spec, [vol, rec])
         self.volume, self.record = vol, rec
         cols = record_columns(spec.modalities[rec], False)
@@ -139,7 +140,8 @@ class MMTMNet(MultimodalModel):
                  pool: Literal["avg", "max"] = "avg"):
         from mmdiag.models._factory import create_model
 
-        vol, rec = resolve_modality(spec, volume, "volume", "volume"), resolve_modality(spec, record, "tabular", "record")
+        vol = resolve_modality(spec, volume, "volume", "volume")
+        rec = resolve_modality(spec, record, "tabular", "record")
         super().__init__(spec, [vol, rec])
         self.volume, self.record, self.pool = vol, rec, pool
         cols = record_columns(spec.modalities[rec], False)

@@ -159,15 +159,18 @@ class MMCAFNet(MultimodalModel):
     def __init__(self, spec: DatasetSpec, stage: Stage = "fusion", init_run: str | None = None,
                  volume: str | None = None, record: str | None = None, backbone: str = "penet", embed_dim: int = 24,
                  level_drop: float = 0.3, head_drop: float = 0.5, bfpu_mode: Literal["gated", "concat"] = "gated",
-                 drop_path_rate: float = 0.5, record_flags: bool = False, tabular: Literal["kan", "mlp"] = "kan", kan_grid_size: int = 5,
+                 drop_path_rate: float = 0.5, record_flags: bool = False, tabular: Literal["kan", "mlp"] = "kan",
+                 kan_grid_size: int = 5,
                  fusion_heads: tuple[int, ...] = (4, 2, 2), fusion_drop: float = 0.5,
                  fusion: Literal["msca", "cross_attention", "clip"] = "msca", clip_weight: float = 0.5,
                  fusion_tokens: Literal["single", "pyramid"] = "single",
                  frozen_mode: Literal["eval", "train"] = "eval"):
         if stage not in STAGES:
             raise ConfigError(f"model.options.stage={stage!r}; choose one of {list(STAGES)}")
-        for key, value, valid in (("tabular", tabular, ("kan", "mlp")), ("fusion_tokens", fusion_tokens,
-                                  ("single", "pyramid")), ("fusion", fusion, ("msca", "cross_attention", "clip")), ("frozen_mode", frozen_mode, ("eval", "train"))):
+        choices = (("tabular", tabular, ("kan", "mlp")), ("fusion_tokens", fusion_tokens, ("single", "pyramid")),
+                   ("fusion", fusion, ("msca", "cross_attention", "clip")),
+                   ("frozen_mode", frozen_mode, ("eval", "train")))
+        for key, value, valid in choices:
             if value not in valid:
                 raise ConfigError(f"model.options.{key}={value!r}; choose one of {list(valid)}")
         vol = resolve_modality(spec, volume, "volume", "volume")
@@ -264,7 +267,8 @@ def _default_spec(num_classes: int) -> DatasetSpec:
     from mmdiag.data.schema import NumericField
 
     names = ("sex", "age", "weight_kg", "t_stage", "n_stage", "m_stage", "smoking_history")
-    classes = ("adenocarcinoma", "squamous_cell") if num_classes == 2 else tuple(f"class_{i}" for i in range(num_classes))
+    classes = (("adenocarcinoma", "squamous_cell") if num_classes == 2
+               else tuple(f"class_{i}" for i in range(num_classes)))
     return DatasetSpec(name="lung_pet_ct_dx", modalities={
         "ct": VolumeModality(channels=1, size=(12, 192, 192)),
         "record": TabularModality(fields={n: NumericField() for n in names})},
