@@ -59,8 +59,10 @@ def _measure_child(stage: str) -> dict[str, float]:
             model(x)
             times.append(time.perf_counter() - start)
     model.train()
+    if stage == "fusion":  # MSCA's BatchNorm1d (authors' design) needs two cases in training
+        x = {k: torch.cat([v, v]) for k, v in x.items()}
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-4, momentum=0.9)
-    y = torch.tensor([1])
+    y = torch.ones(len(x["ct"]), dtype=torch.long)
     steps = []
     for i in range(2):  # one warm-up step, one timed (a pyramid step takes minutes on a loaded 2-core machine)
         start = time.perf_counter()
