@@ -69,6 +69,8 @@ class DataConfig(_Section):
                             "(RemixFormer's disease-wise pairing; never across splits)")
     pairing_swap_p: float = Field(0.0, ge=0, le=1, description="disease pairing: chance to exchange a present "
                                                                "modality too")
+    tabular_scaling: Literal["standard", "minmax"] = Field(
+        "standard", description="numeric record fields: standardised, or min-max scaled to [-1, 1] (fitted on train)")
     cache_dir: str | None = Field(None, description="on-disk cache of decoded, resized images/volumes")
     verify: bool = Field(True, description="decode every case once before training to find unreadable files")
     on_bad_case: Literal["error", "skip"] = "error"
@@ -114,6 +116,7 @@ class LossConfig(_Section):
     task_weights: dict[str, float] = Field(default_factory=dict, description="per-task loss weight (default 1)")
     class_weights: Literal["none", "balanced"] = "none"
     label_smoothing: float = Field(0.0, ge=0, lt=1)
+    focal_gamma: float = Field(0.0, ge=0, description="focal loss exponent for single-label tasks (0: cross-entropy)")
 
 
 class OptimConfig(_Section):

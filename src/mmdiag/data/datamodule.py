@@ -71,7 +71,7 @@ class MultimodalDataModule(L.LightningDataModule):
                                     seed=self.seed if s.seed is None else s.seed)
         train_cases = [self.table.cases[i] for i in self.split["train"]]
         for m in self.spec.of_kind("tabular"):
-            enc = TabularEncoder(self.spec.modalities[m])
+            enc = TabularEncoder(self.spec.modalities[m], scaling=self.cfg.tabular_scaling)
             if self.encoder_state and m in self.encoder_state:
                 enc.stats = {k: tuple(v) for k, v in self.encoder_state[m].items()}
             else:

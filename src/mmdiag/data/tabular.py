@@ -1,10 +1,11 @@
-"""Encoding tabular records: numeric fields standardised (+ a missing flag), categorical fields one-hot."""
+"""Encoding tabular records: numeric fields standardised or min-max scaled (+ a missing flag), categorical fields
+one-hot."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -29,16 +30,20 @@ def _number(v: Any, field: str, case_id: str) -> float:
 class TabularEncoder:
     """Turns raw field values into the float vector a model sees (width = ``spec.width``).
 
-    Numeric statistics (mean, std) are fitted on the training cases only and saved with the run, so evaluation and
-    prediction encode exactly as training did.
+    Numeric statistics are fitted on the training cases only and saved with the run, so evaluation and prediction
+    encode exactly as training did. Each numeric field is stored as ``(offset, scale)`` and encoded ``(x - offset) /
+    scale``: ``scaling="standard"`` fits (mean, std); ``"minmax"`` fits (centre, half-range) so that the training
+    cases span [-1, 1] (the grid of a KAN layer, MMCAF-Net).
     """
 
-    def __init__(self, spec: TabularModality, stats: Mapping[str, tuple[float, float]] | None = None):
+    def __init__(self, spec: TabularModality, stats: Mapping[str, tuple[float, float]] | None = None,
+                 scaling: Literal["standard", "minmax"] = "standard"):
         self.spec = spec
         self.stats = dict(stats or {})
+        self.scaling = scaling
 
     def fit(self, rows: Iterable[Mapping[str, Any]], case_ids: Sequence[str] | None = None) -> TabularEncoder:
-        """Fit numeric means/stds on ``rows`` (raw values; missing ones ignored).
+        """Fit each numeric field's (offset, scale) on ``rows`` (raw values; missing ones ignored).
 
         Raises:
             DataError: a non-numeric value in a numeric field (naming the case from ``case_ids``, the field and the
@@ -51,6 +56,10 @@ class TabularEncoder:
                 continue
             vals = [_number(r.get(name), name, cid) for r, cid in zip(rows, ids)
                     if r is not None and not _missing(r.get(name))]
+            if self.scaling == "minmax":
+                lo, hi = (min(vals), max(vals)) if vals else (0.0, 0.0)
+                self.stats[name] = ((lo + hi) / 2, (hi - lo) / 2 if hi > lo else 1.0)
+                continue
             mean = sum(vals) / len(vals) if vals else 0.0
             var = sum((v - mean) ** 2 for v in vals) / max(len(vals) - 1, 1)
             self.stats[name] = (mean, math.sqrt(var) if var > 0 else 1.0)

@@ -111,8 +111,11 @@ def _is_torchscript(path: Path) -> bool:
         return any(n.split("/", 2)[1:2] == ["code"] for n in z.namelist())
 
 
-def load_checkpoint(model: torch.nn.Module, path: str | os.PathLike) -> torch.nn.Module:
+def load_checkpoint(model: torch.nn.Module, path: str | os.PathLike, prefix: str = "") -> torch.nn.Module:
     """Load weights into ``model`` strictly, converting a foreign layout first.
+
+    With ``prefix`` (e.g. ``"image."``), only the file's keys under it are read, with the prefix removed: a part of a
+    larger model's weights (a previous training stage) loads into the matching sub-module.
 
     A model may define ``checkpoint_filter_fn(state_dict, model) -> state_dict`` (recognising official layouts by a
     sentinel key) and ``classifier_name`` (the head's prefix): head tensors whose shape differs from the model's are
@@ -122,6 +125,8 @@ def load_checkpoint(model: torch.nn.Module, path: str | os.PathLike) -> torch.nn
         CheckpointError: listing missing, unexpected and wrong-shape keys, and the file.
     """
     state = load_state_dict_file(path)
+    if prefix:
+        state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
     filter_fn = getattr(model, "checkpoint_filter_fn", None)
     if filter_fn is not None:
         state = filter_fn(state, model)

@@ -34,7 +34,7 @@ from mmdiag.errors import ConfigError
 from mmdiag.io.atomic import atomic_write_text
 from mmdiag.models.nets.ei import VFM_OPTIONS
 from mmdiag.registry import RECIPES
-from mmdiag.training.run import RunResult, train
+from mmdiag.training.run import RunResult, run_stage
 
 __all__ = ["ei_two_stage", "stage_configs", "PRIOR_RULES", "training_score"]
 
@@ -77,20 +77,6 @@ def stage_configs(cfg: ExperimentConfig, modalities: list[str]) -> dict[str, Exp
                  "data": {**raw["data"], "modalities": [m], "modality_dropout": {}}}  # one modality: never dropped
         out[f"stage1_{m}"] = ExperimentConfig.model_validate(stage)
     return out
-
-
-def _finished(stage_dir: Path) -> bool:
-    state = stage_dir / "run_state.json"
-    return state.is_file() and json.loads(state.read_text()).get("status") == "finished"
-
-
-def _run_stage(cfg: ExperimentConfig, stage_dir: Path, resume: bool) -> RunResult:
-    if resume and _finished(stage_dir):
-        _log.info("ei_two_stage: %s already finished, kept", stage_dir.name)
-        metrics = json.loads((stage_dir / "metrics.json").read_text())
-        return RunResult(stage_dir, metrics, metrics.get("run", {}))
-    again = resume and (stage_dir / "checkpoints" / "last.ckpt").is_file()
-    return train(cfg, stage_dir, resume=again)
 
 
 def _best_score(stage_dir: Path, monitor: str, mode: str) -> float:
@@ -168,7 +154,7 @@ def ei_two_stage(cfg: ExperimentConfig, run_dir: Path, resume: bool = False) -> 
     record: dict[str, Any] = {"recipe": "ei_two_stage", "monitor": monitor, "prior_rule": rule, "stage1": {}}
     scores = {}
     for name, stage_cfg in stages.items():
-        _run_stage(stage_cfg, run_dir / name, resume)
+        run_stage(stage_cfg, run_dir / name, resume)
         modality = stage_cfg.model.options["modality"]
         best = _best_score(run_dir / name, monitor, mode)
         record["stage1"][modality] = {"run_dir": name, "best": None if math.isnan(best) else best}
@@ -184,4 +170,4 @@ def ei_two_stage(cfg: ExperimentConfig, run_dir: Path, resume: bool = False) -> 
                                        "model": cfg.model.model_copy(update={"options": options})})
     record.update(prior_modality=prior, stage2="stage2_ei")
     atomic_write_text(run_dir / "recipe.json", json.dumps(record, indent=2))
-    return _run_stage(final_cfg, run_dir / "stage2_ei", resume)
+    return run_stage(final_cfg, run_dir / "stage2_ei", resume)

@@ -14,14 +14,13 @@ from mmdiag.config.schema import ExperimentConfig
 from mmdiag.registry import RECIPES
 from mmdiag.training.run import RunResult, run_dir_for, train
 
-__all__ = ["run_experiment", "register_recipe"]
-
-register_recipe = RECIPES.register
+__all__ = ["run_experiment"]
 
 
 def _register_all() -> None:
     """Import the modules that define recipes (one line per module)."""
     import mmdiag.training.ei_recipe  # noqa: F401
+    import mmdiag.training.mmcaf_recipe  # noqa: F401
 
 
 def run_experiment(cfg: ExperimentConfig, run_dir: str | Path | None = None, resume: bool = False) -> RunResult:

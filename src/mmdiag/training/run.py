@@ -42,7 +42,7 @@ from mmdiag.training.checkpoint_io import SafetensorsCheckpointIO, read_checkpoi
 from mmdiag.training.losses import MultiTaskLoss, balanced_class_weights
 from mmdiag.training.system import MultimodalSystem
 
-__all__ = ["RunResult", "train", "evaluate_run", "run_dir_for"]
+__all__ = ["RunResult", "train", "run_stage", "evaluate_run", "run_dir_for"]
 
 _log = logging.getLogger(__name__)
 # Lightning's notices that do not apply here: the batch transform lives in the system by design, tips, deprecations.
@@ -76,7 +76,8 @@ def _loss(cfg: ExperimentConfig, dm: MultimodalDataModule) -> MultiTaskLoss:
     if cfg.loss.class_weights == "balanced":
         train = dm.split["train"]
         weights = {t: balanced_class_weights(task, dm.table.label_matrix(t)[train]) for t, task in dm.spec.tasks.items()}
-    return MultiTaskLoss(dm.spec.tasks, cfg.loss.task_weights, weights, cfg.loss.label_smoothing)
+    return MultiTaskLoss(dm.spec.tasks, cfg.loss.task_weights, weights, cfg.loss.label_smoothing,
+                         cfg.loss.focal_gamma)
 
 
 def _merge_logs(earlier: Path, current: Path) -> None:
@@ -198,6 +199,22 @@ def train(cfg: ExperimentConfig, run_dir: str | Path | None = None, resume: bool
     _write_json(run_dir / "run_state.json", {"status": "finished", "epochs": trainer.current_epoch,
                                              "train_seconds": elapsed, "best_checkpoint": best})
     return RunResult(run_dir, metrics, summary)
+
+
+def _finished(stage_dir: Path) -> bool:
+    state = stage_dir / "run_state.json"
+    return state.is_file() and json.loads(state.read_text()).get("status") == "finished"
+
+
+def run_stage(cfg: ExperimentConfig, stage_dir: Path, resume: bool) -> RunResult:
+    """Train one stage of a recipe into ``stage_dir``; with ``resume``, a finished stage is kept and an interrupted
+    one continues from its last checkpoint."""
+    if resume and _finished(stage_dir):
+        _log.info("%s already finished, kept", stage_dir)
+        metrics = json.loads((stage_dir / "metrics.json").read_text())
+        return RunResult(stage_dir, metrics, metrics.get("run", {}))
+    again = resume and (stage_dir / "checkpoints" / "last.ckpt").is_file()
+    return train(cfg, stage_dir, resume=again)
 
 
 def evaluate_run(run_dir: str | Path, split: str = "test") -> dict[str, Any]:

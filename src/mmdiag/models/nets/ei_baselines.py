@@ -288,7 +288,7 @@ class DynMM(VFMFusion):
 
     Resource loss: with ``resource_weight > 0`` the output holds ``{"aux_loss": {"resource": (weight, cost)}}``,
     ``cost`` = the mean gate weight of the fusion expert (the extra VFMs it runs), as in the authors' code; the
-    training system adds ``weight * cost`` (the ``aux_loss`` contract EI uses, see ``mmdiag.models.fusion.ei``).
+    training system adds ``weight * cost`` (the ``aux_loss`` contract EI uses, see ``mmdiag.models.nets.ei``).
 
     Deviation: DynMM pre-trains the experts and then trains the gate; here everything trains jointly in one stage.
 
