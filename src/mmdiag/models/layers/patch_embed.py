@@ -10,7 +10,8 @@ from torch import Tensor, nn
 
 __all__ = ["PatchEmbed", "PatchMerging"]
 
-OutputFmt = Literal["NHWC", "NCHW", "NLC"]
+OutputFmt = Literal["NHWC", "NCHW", "NDHWC", "NCDHW", "NLC"]
+_FORMATS = {2: ("NHWC", "NCHW", "NLC"), 3: ("NDHWC", "NCDHW", "NLC")}
 
 
 class PatchEmbed(nn.Module):
@@ -25,7 +26,9 @@ class PatchEmbed(nn.Module):
         embed_dim: Output channels.
         norm_layer: Channel norm constructor (called with ``embed_dim``), or None for no norm.
         bias: Convolution bias.
-        output_fmt: ``"NHWC"`` (channels-last map), ``"NCHW"``, or ``"NLC"`` (row-major tokens).
+        output_fmt: ``"NHWC"`` (channels-last map), ``"NCHW"``, or ``"NLC"`` (row-major tokens); for volumes
+            ``"NDHWC"``, ``"NCDHW"`` or ``"NLC"``.
+        spatial_dims: 2 (images ``(B, C, H, W)``) or 3 (volumes ``(B, C, D, H, W)``, cubic patches).
     """
 
     def __init__(
@@ -36,34 +39,39 @@ class PatchEmbed(nn.Module):
         norm_layer: Callable[[int], nn.Module] | None = nn.LayerNorm,
         bias: bool = True,
         output_fmt: OutputFmt = "NHWC",
+        spatial_dims: Literal[2, 3] = 2,
     ):
         super().__init__()
-        if output_fmt not in ("NHWC", "NCHW", "NLC"):
-            raise ValueError(f"PatchEmbed: output_fmt must be 'NHWC', 'NCHW' or 'NLC', got {output_fmt!r}")
-        self.patch_size = patch_size
+        if output_fmt not in _FORMATS.get(spatial_dims, ()):
+            raise ValueError(f"PatchEmbed: spatial_dims={spatial_dims} takes output_fmt in "
+                             f"{_FORMATS.get(spatial_dims, _FORMATS[2])}, got {output_fmt!r}")
+        self.patch_size, self.spatial_dims = patch_size, spatial_dims
         self.output_fmt = output_fmt
-        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size, bias=bias)
+        conv = nn.Conv2d if spatial_dims == 2 else nn.Conv3d
+        self.proj = conv(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size, bias=bias)
         self.norm = norm_layer(embed_dim) if norm_layer is not None else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
-        """Embed ``x`` ``(B, in_chans, H, W)``; H and W must be multiples of ``patch_size``.
+        """Embed ``x`` ``(B, in_chans, *S)`` (``S`` = H, W or D, H, W); every side must be a multiple of
+        ``patch_size``.
 
         Raises:
-            ValueError: ``x`` is not 4-D, or H/W is not divisible by ``patch_size``.
+            ValueError: ``x`` has the wrong rank, or a side is not divisible by ``patch_size``.
         """
-        if x.dim() != 4:
-            raise ValueError(f"PatchEmbed: expected an image batch (B, C, H, W), got shape {tuple(x.shape)}")
-        H, W = x.shape[-2:]
-        if H % self.patch_size or W % self.patch_size:
+        kind = "an image batch (B, C, H, W)" if self.spatial_dims == 2 else "a volume batch (B, C, D, H, W)"
+        if x.dim() != self.spatial_dims + 2:
+            raise ValueError(f"PatchEmbed: expected {kind}, got shape {tuple(x.shape)}")
+        sides = tuple(x.shape[2:])
+        if any(side % self.patch_size for side in sides):
             raise ValueError(
-                f"PatchEmbed: input size {H}x{W} is not divisible by the patch size {self.patch_size}; resize or "
-                f"pad the image to a multiple of {self.patch_size}"
+                f"PatchEmbed: input size {'x'.join(map(str, sides))} is not divisible by the patch size "
+                f"{self.patch_size}; resize or pad the input to a multiple of {self.patch_size}"
             )
-        x = self.norm(self.proj(x).permute(0, 2, 3, 1))
-        if self.output_fmt == "NCHW":
-            return x.permute(0, 3, 1, 2)
+        x = self.norm(self.proj(x).movedim(1, -1))
+        if self.output_fmt.startswith("NC"):
+            return x.movedim(-1, 1)
         if self.output_fmt == "NLC":
-            return x.flatten(1, 2)
+            return x.flatten(1, -2)
         return x
 
 
