@@ -35,6 +35,7 @@ from mmdiag.models.layers.drop import DropPath
 from mmdiag.models.layers.patch_embed import PatchEmbed, PatchMerging
 from mmdiag.models.layers.ss2d import SS2D
 from mmdiag.models.layers.vss import VSSBlock
+from mmdiag.models.layers.weight_init import init_vssm_weights
 
 __all__ = [
     "BlockVariant",
@@ -291,7 +292,7 @@ class MedMamba(nn.Module):
         )
         self.explain_layer = f"layers.{len(depths) - 1}"
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-        self.apply(_init_weights)
+        self.apply(init_vssm_weights)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -315,7 +316,7 @@ class MedMamba(nn.Module):
         """Replace the head by a freshly initialised one with ``num_classes`` outputs (0: no head)."""
         self.num_classes = num_classes
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-        self.head.apply(_init_weights)
+        self.head.apply(init_vssm_weights)
 
     def _embed(self, x: Tensor) -> Tensor:
         if x.dim() != 4 or x.shape[1] != self.in_chans:
@@ -374,16 +375,6 @@ class MedMamba(nn.Module):
         """Logits ``(B, num_classes)`` (pooled features ``(B, num_features)`` when ``num_classes == 0``)."""
         return self.forward_head(self.forward_features(x))
 
-
-def _init_weights(m: nn.Module) -> None:
-    """Official ``VSSM._init_weights``: Linear ~ trunc_normal(0.02), bias 0; LayerNorm 1/0 (convs: kaiming)."""
-    if isinstance(m, nn.Linear):
-        nn.init.trunc_normal_(m.weight, std=0.02)
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
-    elif isinstance(m, nn.LayerNorm):
-        nn.init.ones_(m.weight)
-        nn.init.zeros_(m.bias)
 
 
 @dataclass(frozen=True)

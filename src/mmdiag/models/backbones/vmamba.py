@@ -30,6 +30,7 @@ from mmdiag.errors import ConfigError
 from mmdiag.models._factory import register_model
 from mmdiag.models.layers.mlp import Mlp
 from mmdiag.models.layers.vss import VSSBlock
+from mmdiag.models.layers.weight_init import init_vssm_weights
 
 __all__ = ["Permute", "VMamba", "VMambaBlock", "VMambaStage", "tiny_vmamba", "vmamba_tiny_s1l8"]
 
@@ -169,7 +170,7 @@ class VMamba(nn.Module):
         )
         self.classifier = None if num_stages else _Classifier(self.num_features, num_classes)
         self.explain_layer = f"layers.{built - 1}"
-        self.apply(_init_weights)
+        self.apply(init_vssm_weights)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Turn per-block gradient checkpointing on or off."""
@@ -183,7 +184,7 @@ class VMamba(nn.Module):
         """Replace the head by a freshly initialised one with ``num_classes`` outputs (0: no head)."""
         self.num_classes = num_classes
         self.classifier.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-        self.classifier.head.apply(_init_weights)
+        self.classifier.head.apply(init_vssm_weights)
 
     def embed(self, x: Tensor) -> Tensor:
         """Patch embedding v2: ``(B, in_chans, H, W)`` → channels-last ``(B, H/4, W/4, dims[0])``.
@@ -256,16 +257,6 @@ class VMamba(nn.Module):
             state = {k: v for k, v in state.items() if not k.startswith("classifier.head.")}
         return state
 
-
-def _init_weights(m: nn.Module) -> None:
-    """Official ``VSSM._init_weights``: Linear ~ trunc_normal(0.02), bias 0; LayerNorm 1/0."""
-    if isinstance(m, nn.Linear):
-        nn.init.trunc_normal_(m.weight, std=0.02)
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
-    elif isinstance(m, nn.LayerNorm):
-        nn.init.ones_(m.weight)
-        nn.init.zeros_(m.bias)
 
 
 @register_model(options=VMamba)
