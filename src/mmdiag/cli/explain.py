@@ -120,7 +120,8 @@ def _ig(args: argparse.Namespace) -> int:
                                        steps=args.steps, normalize=normalize)
             for j, cid in enumerate(sub["case_id"]):
                 k = int(res.targets[j])
-                title = f"{cid} | {m} | task {task}: {classes[k]} (p = {float(res.probs[j]):.3f})"
+                title = (f"{predictor.cfg.model.name}, {args.split} case {cid} | {m} | task {task}: {classes[k]} "
+                         f"(p = {float(res.probs[j]):.3f}) | IG, {args.baseline} baseline, {args.steps} steps")
                 path = save_ig_panel(out_dir / f"ig_{_safe(m)}_{_safe(cid)}.png", sub["inputs"][m][j],
                                      res.attributions[j], title)
                 print(f"{title} -> {path}")

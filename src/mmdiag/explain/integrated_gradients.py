@@ -131,8 +131,10 @@ def save_ig_panel(path: str | Path, image: Tensor, attr: Tensor, title: str, alp
     for i, (sub, data, cmap) in enumerate([("image", shown, "gray"), ("attribution", heat, "inferno"),
                                            ("overlay", overlay_heatmap(img.clamp(0, 1), heat, alpha, 1), None)]):
         ax = fig.add_subplot(1, 3, i + 1)
-        ax.imshow(np.clip(data, 0, 1) if data.dtype != np.uint8 else data, cmap=cmap)
+        shown_ax = ax.imshow(np.clip(data, 0, 1) if data.dtype != np.uint8 else data, cmap=cmap, vmin=0, vmax=1)
         ax.set(title=sub, xticks=[], yticks=[])
+        if sub == "attribution":
+            fig.colorbar(shown_ax, ax=ax, fraction=0.046, label="|attribution| / 99th percentile")
     fig.suptitle(title)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
