@@ -3,6 +3,7 @@ the one-token attention degeneracy and the multi-token mode."""
 
 import pytest
 import torch
+import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from mmdiag import create_model
@@ -59,19 +60,21 @@ def test_single_token_attention_is_value_plus_query():
     msca = MSCA().eval()
     img, tab = torch.randn(3, 1, 24), torch.randn(3, 1, 24)
     msca(img, tab).sum().backward()
-    v_grad = msca.attn[0].v.weight.grad.abs().max()
-    for proj in (msca.attn[0].q, msca.attn[0].k):  # softmax over one key is 1: zero up to rounding
-        assert proj.weight.grad.abs().max() < 1e-5 * v_grad
+    grad = msca.attn[0].qkv.weight.grad  # rows [q; k; v]
+    v_grad = grad[48:].abs().max()
+    for rows in (grad[:24], grad[24:48]):  # softmax over one key is 1: zero up to rounding
+        assert rows.abs().max() < 1e-5 * v_grad
     attn = msca.attn[0]
     q, c = torch.randn(3, 1, 24), torch.randn(3, 1, 24)
-    torch.testing.assert_close(attn(q, c), attn.v(c) + q)
+    torch.testing.assert_close(attn(q, context=c), F.linear(c, attn.qkv.weight[48:], attn.qkv.bias[48:]))
 
 
 def test_multi_token_attention_trains_queries_and_keys():
     torch.manual_seed(0)
     msca = MSCA().eval()
     msca(torch.randn(3, 4, 24), torch.randn(3, 1, 24)).sum().backward()
-    assert msca.attn[0].q.weight.grad.abs().max() > 0 and msca.attn[0].k.weight.grad.abs().max() > 0
+    grad = msca.attn[0].qkv.weight.grad
+    assert grad[:24].abs().max() > 0 and grad[24:48].abs().max() > 0
 
 
 def test_bsf_formula():

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from safetensors.torch import save_file
+from torch import nn
 
 from mmdiag.data.schema import CategoricalField, DatasetSpec, ImageModality, TabularModality, TaskSpec
 from mmdiag.errors import ConfigError
+from mmdiag.io.checkpoint import load_checkpoint
 from mmdiag.models import create_model
 from mmdiag.models.nets.remixformer_pp import CrossModalUnit, MetadataBranch
 
@@ -84,12 +87,12 @@ def test_cross_modal_unit_matches_manual_attention():
     q, k = torch.randn(3, 8), torch.randn(3, 5, 8)
     out = u(q, k, torch.tensor([True, True, False]))
     qn, kn = u.norm(q), u.norm(k)
-    w, b = u.attn.in_proj_weight, u.attn.in_proj_bias
+    w, b = u.attn.qkv.weight, u.attn.qkv.bias
     qq = (qn @ w[:8].t() + b[:8]).reshape(3, 2, 4)
     kk = (kn @ w[8:16].t() + b[8:16]).reshape(3, 5, 2, 4)
     vv = (kn @ w[16:].t() + b[16:]).reshape(3, 5, 2, 4)
     a = torch.softmax(torch.einsum("bhd,blhd->bhl", qq, kk) / 2.0, -1)
-    att = u.proj(u.attn.out_proj(torch.einsum("bhl,blhd->bhd", a, vv).reshape(3, 8)))
+    att = u.proj(u.attn.proj(torch.einsum("bhl,blhd->bhd", a, vv).reshape(3, 8)))
     torch.testing.assert_close(out[:2], qn[:2] + att[:2], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(out[2], qn[2])
 
@@ -122,3 +125,27 @@ def test_with_the_cls_swin_clinical_branch_missing_images_are_ignored():
     b = m(y, present)
     torch.testing.assert_close(a["diag"], b["diag"])
     assert m.clinical.num_features == 128 and isinstance(m.proj["C"], torch.nn.Linear)
+
+
+def test_multihead_attention_runs_load_and_keep_their_outputs(tmp_path):
+    """Runs written when CMF units held an ``nn.MultiheadAttention`` load strictly (``checkpoint_filter_fn``) and
+    every unit gives the earlier output, computed with ``nn.MultiheadAttention`` on the same weights."""
+    model = _model("CDM")
+    state = dict(model.state_dict())
+    mhas = {}
+    for slot in model.cmf.units:
+        p = f"cmf.units.{slot}.attn."
+        for k in ("qkv.weight", "qkv.bias", "proj.weight", "proj.bias"):
+            del state[p + k]
+        mhas[slot] = nn.MultiheadAttention(32, 4, batch_first=True).eval()
+        torch.nn.init.normal_(mhas[slot].in_proj_bias)
+        state.update({p + k: v for k, v in mhas[slot].state_dict().items()})
+    assert len(mhas) == 4 and any(k.endswith("attn.in_proj_weight") for k in state)
+    save_file(state, tmp_path / "model.safetensors")
+    load_checkpoint(model, tmp_path / "model.safetensors")  # strict: every key converted
+    g = torch.Generator().manual_seed(2)
+    q, keys = torch.randn(3, 32, generator=g), torch.randn(3, 6, 32, generator=g)
+    for slot, unit in model.cmf.units.items():
+        qn, kn = unit.norm(q).unsqueeze(1), unit.norm(keys)
+        want = qn[:, 0] + unit.proj(mhas[slot](qn, kn, kn, need_weights=False)[0])[:, 0]
+        torch.testing.assert_close(unit(q, keys, torch.ones(3, dtype=torch.bool)), want, rtol=1e-5, atol=1e-6)

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from mmdiag.errors import ConfigError
-from mmdiag.models.layers.cross_attention import CrossAttention
+from mmdiag.models.layers.attention import Attention
 
 __all__ = ["AlignedFusion", "BSF", "CrossAttentionFusion", "MSCA"]
 
@@ -55,6 +55,12 @@ def _norm_tokens(norm: nn.BatchNorm1d, x: Tensor) -> Tensor:
     return norm(x.transpose(1, 2)).transpose(1, 2)
 
 
+def _attend(attn: Attention, x: Tensor, context: Tensor) -> Tensor:
+    """The code's cross-attention ``CA(x, context)``: ``attn`` (q/k/v with bias, no output projection) from ``x`` to
+    ``context`` plus the residual on the unprojected query ``x``."""
+    return attn(x, context=context) + x
+
+
 class MSCA(nn.Module):
     """Multi-Scale Cross-Attention (paper 002 §2.3, Eqs. 4-9) with BSF merging; see the module docstring.
 
@@ -81,7 +87,7 @@ class MSCA(nn.Module):
         self.norm_tab = nn.BatchNorm1d(dim)
         self.down = nn.ModuleList(nn.Sequential(nn.Linear(dim, w), nn.ReLU(), nn.Dropout(drop_rate))
                                   for w in widths[1:])
-        self.attn = nn.ModuleList(CrossAttention(w, h) for w, h in zip(widths, heads, strict=True))
+        self.attn = nn.ModuleList(Attention(w, h, proj=False) for w, h in zip(widths, heads, strict=True))
         self.lift_img = nn.ModuleList(nn.Linear(widths[s], widths[s + 1]) for s in range(n - 1))
         self.lift_tab = nn.ModuleList(nn.Linear(widths[s], widths[s + 1]) for s in range(n - 1))
         self.bsf = nn.ModuleList(BSF(w) for w in widths[:-1])
@@ -92,7 +98,7 @@ class MSCA(nn.Module):
         img0, tab0 = _norm_tokens(self.norm_img, img), _norm_tokens(self.norm_tab, tab)
         img_s, tab_s, outs = img0, tab0, []
         for s, attn in enumerate(self.attn):
-            o_img, o_tab = attn(img_s, tab_s), attn(tab_s, img_s)
+            o_img, o_tab = _attend(attn, img_s, tab_s), _attend(attn, tab_s, img_s)
             outs.append((o_img.mean(1) + o_tab.mean(1)) / 2)
             if s + 1 < len(self.attn):
                 img_s = self.down[s](img0) + self.lift_img[s](o_img)
@@ -116,13 +122,13 @@ class CrossAttentionFusion(nn.Module):
         super().__init__()
         self.norm_img = nn.BatchNorm1d(dim)
         self.norm_tab = nn.BatchNorm1d(dim)
-        self.attn = CrossAttention(dim, num_heads)
+        self.attn = Attention(dim, num_heads, proj=False)
         self.num_features = dim
 
     def forward(self, img: Tensor, tab: Tensor) -> Tensor:
         """Image tokens ``(B, N, dim)`` and tabular tokens ``(B, M, dim)`` → ``(B, dim)``."""
         img, tab = _norm_tokens(self.norm_img, img), _norm_tokens(self.norm_tab, tab)
-        return (self.attn(img, tab).mean(1) + self.attn(tab, img).mean(1)) / 2
+        return (_attend(self.attn, img, tab).mean(1) + _attend(self.attn, tab, img).mean(1)) / 2
 
 
 class AlignedFusion(nn.Module):

@@ -26,6 +26,8 @@ class Attention(nn.Module):
         num_heads: number of heads; must divide ``dim``.
         qkv_bias: bias on the ``qkv`` projection.
         proj_bias: bias on the output projection.
+        proj: build the output projection ``proj``; ``False`` returns the heads' concatenated values unprojected
+            (MMCAF-Net's MSCA).
         attn_drop: dropout on the attention weights (training only).
         proj_drop: dropout after the output projection.
 
@@ -34,7 +36,7 @@ class Attention(nn.Module):
     """
 
     def __init__(self, dim: int, num_heads: int = 8, qkv_bias: bool = True, proj_bias: bool = True,
-                 attn_drop: float = 0.0, proj_drop: float = 0.0):
+                 attn_drop: float = 0.0, proj_drop: float = 0.0, proj: bool = True):
         super().__init__()
         if dim % num_heads:
             raise ConfigError(f"Attention: dim={dim} is not divisible by num_heads={num_heads}; choose num_heads "
@@ -43,7 +45,7 @@ class Attention(nn.Module):
         self.head_dim = dim // num_heads
         self.attn_drop = attn_drop
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim, bias=proj_bias)
+        self.proj = nn.Linear(dim, dim, bias=proj_bias) if proj else nn.Identity()
         self.proj_drop = nn.Dropout(proj_drop)
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None,
@@ -71,6 +73,17 @@ class Attention(nn.Module):
         x = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
                                            dropout_p=self.attn_drop if self.training else 0.0)
         return self.proj_drop(self.proj(x.transpose(1, 2).reshape(b, n, c)))
+
+    @staticmethod
+    def convert_separate_qkv_state(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+        """Fuse separate ``q``/``k``/``v`` Linears at ``prefix`` (earlier mmdiag versions' cross-attention) into
+        ``qkv`` (rows ``[q; k; v]``); other keys, and an incomplete triple, are left as they are."""
+        out = dict(state)
+        for t in ("weight", "bias"):
+            names = [f"{prefix}{p}.{t}" for p in "qkv"]
+            if all(n in out for n in names):
+                out[f"{prefix}qkv.{t}"] = torch.cat([out.pop(n) for n in names])
+        return out
 
 
 def key_padding_to_mask(pad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

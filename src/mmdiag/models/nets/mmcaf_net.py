@@ -41,6 +41,7 @@ from mmdiag.models._factory import register_multimodal
 from mmdiag.models.backbones.e3dmsca import Pyramid3D
 from mmdiag.models.contract import Inputs, ModelOutput, MultimodalModel, Present
 from mmdiag.models.fusion.msca import MSCA, AlignedFusion, CrossAttentionFusion
+from mmdiag.models.layers.attention import Attention
 from mmdiag.models.layers.heads import TaskHeads
 from mmdiag.models.layers.presence import presence_mask
 from mmdiag.models.outputs import AUX_LOSS_KEY
@@ -229,6 +230,16 @@ class MMCAFNet(MultimodalModel):
         part = "image.backbone" if self.stage == "image" else "image"
         load_checkpoint(self.get_submodule(part), path, prefix=part + ".")
         _log.info("mmcaf_net stage %r: %s loaded from %s", self.stage, part, path)
+
+    @staticmethod
+    def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: MMCAFNet) -> dict[str, Tensor]:
+        """Runs written before the cross-attention was shared (the fusion's attentions as separate ``q``/``k``/``v``
+        Linears, ``fusion.attn[.s].q.weight``) get them fused into the shared attention's ``qkv``."""
+        out = dict(state_dict)
+        for key in state_dict:
+            if key.startswith("fusion.attn.") and key.endswith(".q.weight"):
+                out = Attention.convert_separate_qkv_state(out, key[:-len("q.weight")])
+        return out
 
     def _image_tokens(self, x: Tensor) -> Tensor:
         if self.level_proj is None:

@@ -32,6 +32,7 @@ from mmdiag.models.backbones.remixformer_clinical import ClinicalBranch
 from mmdiag.models.backbones.remixformer_dermoscopy import DermoscopyBranch
 from mmdiag.models.backbones.vit import VisionTransformer
 from mmdiag.models.contract import MultimodalModel
+from mmdiag.models.layers.attention import Attention, CrossAttentionBlock
 from mmdiag.models.layers.heads import TaskHeads
 from mmdiag.models.layers.presence import presence_mask
 
@@ -72,7 +73,8 @@ class MetadataBranch(nn.Module):
 class CrossModalUnit(nn.Module):
     """One CMF direction (paper 001 eqs. 10–14 applied across modalities): a query token attends to key tokens.
 
-    ``q̂ = LN(q)``, ``K̂ = LN(K)`` (one LayerNorm), ``out = q̂ + Linear(MHA(q̂, K̂, K̂))``; cases whose keys are
+    ``q̂ = LN(q)``, ``K̂ = LN(K)`` (one LayerNorm), ``out = q̂ + Linear(MHA(q̂, K̂, K̂))`` with MHA the shared
+    :class:`~mmdiag.models.layers.attention.Attention` (its own output projection included); cases whose keys are
     missing get ``q̂`` alone.
 
     Args:
@@ -85,13 +87,13 @@ class CrossModalUnit(nn.Module):
         if dim % num_heads:
             raise ConfigError(f"fusion_dim={dim} is not divisible by fusion_heads={num_heads}")
         self.norm = nn.LayerNorm(dim)
-        self.attn = nn.MultiheadAttention(dim, num_heads, batch_first=True)
+        self.attn = Attention(dim, num_heads)
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, q: torch.Tensor, keys: torch.Tensor, keys_present: torch.Tensor) -> torch.Tensor:
         """``q`` ``(B, dim)``, ``keys`` ``(B, L, dim)``, ``keys_present`` bool ``(B,)`` → ``(B, dim)``."""
         qn, kn = self.norm(q).unsqueeze(1), self.norm(keys)
-        att = self.proj(self.attn(qn, kn, kn, need_weights=False)[0])[:, 0]
+        att = self.proj(self.attn(qn, context=kn))[:, 0]
         return qn[:, 0] + torch.where(keys_present[:, None], att, torch.zeros_like(att))
 
 
@@ -242,6 +244,16 @@ class RemixFormerPP(MultimodalModel):
             load_checkpoint(self.dermoscopy.window_encoder, self.window_checkpoint)
         if self.clinical_checkpoint is not None and "C" in self.use:
             load_checkpoint(self.clinical, self.clinical_checkpoint)
+
+    @staticmethod
+    def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: RemixFormerPP) -> dict[str, torch.Tensor]:
+        """Runs written before the cross-attention was shared (CMF units holding an ``nn.MultiheadAttention``,
+        ``cmf.units.<slot>.attn.in_proj_weight``) are renamed to the shared attention's names."""
+        out = dict(state_dict)
+        for key in state_dict:
+            if key.startswith("cmf.units.") and key.endswith(".attn.in_proj_weight"):
+                out = CrossAttentionBlock.convert_multihead_state(out, key[:-len("in_proj_weight")])
+        return out
 
     def forward_features(self, inputs: dict[str, torch.Tensor], present=None) -> torch.Tensor:
         g: dict[str, torch.Tensor] = {}
