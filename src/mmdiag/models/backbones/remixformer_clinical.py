@@ -26,6 +26,7 @@ from mmdiag.errors import ConfigError
 from mmdiag.models._factory import register_model
 from mmdiag.models.backbones.swin import IMAGENET_MEAN, IMAGENET_STD, SwinTransformer
 from mmdiag.models.backbones.swin import checkpoint_filter_fn as swin_filter
+from mmdiag.models.layers.attention import Attention, CrossAttentionBlock
 
 __all__ = ["LSM", "CSF", "ClinicalBranch", "RemixFormerC", "sample_positions", "expectation_with_replacement",
            "expectation_without_replacement", "crop_boxes", "extract_crops", "tiny_clinical_branch"]
@@ -240,16 +241,16 @@ class CSF(nn.Module):
             raise ConfigError(f"CSF: dim={dim} is not divisible by num_heads={num_heads}")
         self.norm_g = nn.LayerNorm(dim)
         self.norm_l = nn.LayerNorm(dim)
-        self.attn_lg = nn.MultiheadAttention(dim, num_heads, batch_first=True)
-        self.attn_gl = nn.MultiheadAttention(dim, num_heads, batch_first=True)
+        self.attn_lg = Attention(dim, num_heads)
+        self.attn_gl = Attention(dim, num_heads)
 
     def forward(self, g_cls: Tensor, g_patch: Tensor, l_cls: Tensor, l_patch: Tensor) -> tuple[Tensor, Tensor]:
         """``(B, D)``, ``(B, Ng, D)``, ``(B, D)``, ``(B, Nl, D)`` -> ``g^C, l^C`` ``(B, D)`` each."""
         tg = self.norm_g(torch.cat([g_cls[:, None], l_patch], 1))
         tl = self.norm_l(torch.cat([l_cls[:, None], g_patch], 1))
         g_t, l_hat, l_t, g_hat = tg[:, :1], tg[:, 1:], tl[:, :1], tl[:, 1:]
-        g_c = g_t + self.attn_lg(g_t, l_hat, l_hat, need_weights=False)[0]
-        l_c = l_t + self.attn_gl(l_t, g_hat, g_hat, need_weights=False)[0]
+        g_c = g_t + self.attn_lg(g_t, context=l_hat)
+        l_c = l_t + self.attn_gl(l_t, context=g_hat)
         return g_c[:, 0], l_c[:, 0]
 
 
@@ -333,9 +334,10 @@ class ClinicalBranch(nn.Module):
     def checkpoint_filter_fn(state_dict: Mapping[str, Tensor], model: ClinicalBranch) -> dict[str, Tensor]:
         """A Swin checkpoint (official or timm layout) -> this branch's names: G_theta gets it whole, L_theta's
         stage 4 and norm a copy of its stage 4 and norm; class-token and CSF parameters keep their fresh
-        initialisation (logged). A state dict already in the branch's names is returned as is."""
+        initialisation (logged). A state dict already in the branch's names is returned as is (runs written before
+        CSF used the shared attention get its names)."""
         if "patch_embed.proj.weight" not in state_dict:
-            return dict(state_dict)
+            return CrossAttentionBlock.convert_all_multihead_states(dict(state_dict))
         last = len(model.global_encoder.layers) - 1
         swin = swin_filter(state_dict, model.global_encoder)
         out = {f"global_encoder.{k}": v for k, v in swin.items()}
@@ -381,9 +383,10 @@ class RemixFormerC(nn.Module):
 
     @staticmethod
     def checkpoint_filter_fn(state_dict: Mapping[str, Tensor], model: RemixFormerC) -> dict[str, Tensor]:
-        """A Swin checkpoint initialises the branch (:meth:`ClinicalBranch.checkpoint_filter_fn`); the head stays."""
+        """A Swin checkpoint initialises the branch (:meth:`ClinicalBranch.checkpoint_filter_fn`); the head stays.
+        Earlier runs' ``nn.MultiheadAttention`` names in CSF are renamed."""
         if "patch_embed.proj.weight" not in state_dict:
-            return dict(state_dict)
+            return CrossAttentionBlock.convert_all_multihead_states(dict(state_dict))
         out = {f"branch.{k}": v for k, v in ClinicalBranch.checkpoint_filter_fn(state_dict, model.branch).items()}
         out.update({k: v for k, v in model.state_dict().items() if k.startswith("head.")})
         return out

@@ -122,6 +122,16 @@ class CrossAttentionBlock(nn.Module):
         return q + self.mlp(self.norm2(q))
 
     @staticmethod
+    def convert_all_multihead_states(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """:meth:`convert_multihead_state` at every prefix that holds an ``nn.MultiheadAttention``
+        (``<prefix>in_proj_weight``)."""
+        out = dict(state)
+        for key in state:
+            if key.endswith("in_proj_weight"):
+                out = CrossAttentionBlock.convert_multihead_state(out, key[:-len("in_proj_weight")])
+        return out
+
+    @staticmethod
     def convert_multihead_state(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
         """Rename an ``nn.MultiheadAttention`` at ``prefix`` (earlier mmdiag versions) to :class:`Attention` names
         (same ``[q; k; v]`` packing)."""

@@ -247,13 +247,9 @@ class RemixFormerPP(MultimodalModel):
 
     @staticmethod
     def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: RemixFormerPP) -> dict[str, torch.Tensor]:
-        """Runs written before the cross-attention was shared (CMF units holding an ``nn.MultiheadAttention``,
-        ``cmf.units.<slot>.attn.in_proj_weight``) are renamed to the shared attention's names."""
-        out = dict(state_dict)
-        for key in state_dict:
-            if key.startswith("cmf.units.") and key.endswith(".attn.in_proj_weight"):
-                out = CrossAttentionBlock.convert_multihead_state(out, key[:-len("in_proj_weight")])
-        return out
+        """Runs written before the cross-attention was shared (CMF units and the clinical branch's CSF holding an
+        ``nn.MultiheadAttention``, ``...in_proj_weight``) are renamed to the shared attention's names."""
+        return CrossAttentionBlock.convert_all_multihead_states(dict(state_dict))
 
     def forward_features(self, inputs: dict[str, torch.Tensor], present=None) -> torch.Tensor:
         g: dict[str, torch.Tensor] = {}
