@@ -32,6 +32,7 @@ from torch.utils.checkpoint import checkpoint
 from mmdiag.errors import ConfigError
 from mmdiag.models._factory import register_model
 from mmdiag.models.layers.drop import DropPath
+from mmdiag.models.layers.features import stage_indices
 from mmdiag.models.layers.patch_embed import PatchEmbed, PatchMerging
 from mmdiag.models.layers.ss2d import SS2D
 from mmdiag.models.layers.vss import VSSBlock
@@ -341,14 +342,7 @@ class MedMamba(nn.Module):
         Raises:
             ValueError: a stage index is out of range.
         """
-        n = len(self.layers)
-        if isinstance(indices, int):
-            wanted = list(range(n - indices, n)) if 0 < indices <= n else []
-        else:
-            wanted = list(range(n)) if indices is None else list(indices)
-        if not wanted or any(not -n <= i < n for i in wanted):
-            raise ValueError(f"MedMamba.forward_intermediates: indices must select stages 0..{n - 1}, got {indices}")
-        wanted = sorted({i % n for i in wanted})
+        wanted = stage_indices(indices, len(self.layers), "MedMamba")
         x = self._embed(x)
         out = []
         for i, stage in enumerate(self.layers[: wanted[-1] + 1]):

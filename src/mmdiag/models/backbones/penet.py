@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from mmdiag.models._factory import register_model
 from mmdiag.models.layers.drop import DropPath
+from mmdiag.models.layers.features import stage_indices
 
 __all__ = ["PENet", "PENetBottleneck", "SqueezeExcite3d", "penet", "tiny_penet"]
 
@@ -162,14 +163,7 @@ class PENet(nn.Module):
             ValueError: a stage index is out of range.
         """
         self._check(x)
-        n = len(self.stages)
-        if isinstance(indices, int):
-            wanted = list(range(n - indices, n)) if 0 < indices <= n else []
-        else:
-            wanted = list(range(n)) if indices is None else list(indices)
-        if not wanted or any(not -n <= i < n for i in wanted):
-            raise ValueError(f"PENet.forward_intermediates: indices must select stages 0..{n - 1}, got {indices}")
-        wanted = sorted({i % n for i in wanted})
+        wanted = stage_indices(indices, len(self.stages), "PENet")
         x = self.pool(self.stem(x))
         out = []
         for i, stage in enumerate(self.stages[: wanted[-1] + 1]):

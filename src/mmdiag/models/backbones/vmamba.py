@@ -28,6 +28,7 @@ from torch.utils.checkpoint import checkpoint
 
 from mmdiag.errors import ConfigError
 from mmdiag.models._factory import register_model
+from mmdiag.models.layers.features import stage_indices
 from mmdiag.models.layers.mlp import Mlp
 from mmdiag.models.layers.vss import VSSBlock
 from mmdiag.models.layers.weight_init import init_vssm_weights
@@ -211,14 +212,7 @@ class VMamba(nn.Module):
         Raises:
             ValueError: a stage index is out of range.
         """
-        n = len(self.layers)
-        if isinstance(indices, int):
-            wanted = list(range(n - indices, n)) if 0 < indices <= n else []
-        else:
-            wanted = list(range(n)) if indices is None else list(indices)
-        if not wanted or any(not -n <= i < n for i in wanted):
-            raise ValueError(f"VMamba.forward_intermediates: indices must select stages 0..{n - 1}, got {indices}")
-        wanted = sorted({i % n for i in wanted})
+        wanted = stage_indices(indices, len(self.layers), "VMamba")
         x, out = self.embed(x), []
         for i, stage in enumerate(self.layers[: wanted[-1] + 1]):
             x = stage.forward_blocks(x)
