@@ -82,9 +82,10 @@ def test_explain_gradcam_tsne_and_layers(run, capsys):
     assert cli.main(["explain", "gradcam", "--run", str(out), "--layer", "layers.1.blocks.0", "--cases", "2",
                      "--method", "gradcampp"]) == 0
     printed = capsys.readouterr().out
-    pngs = sorted((out / "explain").glob("gradcampp_net.layers.1.blocks.0_photo_*.png"))
+    pngs = sorted((out / "explain").glob("gradcampp_photo_*_diagnosis-*.png"))
     assert len(pngs) == 2 and "(channels_last)" in printed
     assert min(Image.open(pngs[0]).size) >= 224
+    assert all(p.stem.rsplit("-", 1)[1] in ("benign", "malignant") for p in pngs)
 
     assert cli.main(["explain", "tsne", "--run", str(out)]) == 0
     coords = pd.read_csv(out / "explain" / "tsne_test.csv")

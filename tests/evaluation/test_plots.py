@@ -110,3 +110,87 @@ def test_training_curves_bad_files(tmp_path):
         plot_training_curves(empty, tmp_path / "x.png")
     with pytest.raises(DataError, match="cannot read training log .*missing.csv"):
         plot_training_curves(tmp_path / "missing.csv", tmp_path / "x.png")
+
+
+def legend_texts(ax) -> list[str]:
+    return [t.get_text() for t in ax.get_legend().get_texts()]
+
+
+def test_roc_content_names_model_split_n_positives_auc_and_macro(tmp_path):
+    y, p, classes = task_data("multiclass")
+    fig = plot_roc("diag", "multiclass", y, p, classes, tmp_path / "roc.png", model="late_fusion", split="test")
+    ax = fig.axes[0]
+    known = int((y >= 0).sum())
+    assert "diag" in ax.get_title() and "late_fusion" in ax.get_title() and "test split" in ax.get_title()
+    assert f"n = {known}" in ax.get_title()
+    assert ax.get_xlabel() and ax.get_ylabel()
+    texts = legend_texts(ax)
+    for c, name in enumerate(classes):
+        pos = int((y == c).sum())
+        from sklearn.metrics import roc_auc_score
+        expected = roc_auc_score(y[y >= 0] == c, p[y >= 0, c])
+        assert f"{name}: {pos} pos., AUC {expected:.3f}" in texts
+    assert texts[-1].startswith("macro average (4 classes), AUC ")
+    macro = ax.get_lines()[len(classes)]  # drawn after the class curves
+    assert macro.get_xdata()[0] == 0 and macro.get_ydata()[-1] == pytest.approx(1.0)
+
+
+def test_roc_binary_has_one_curve_no_macro(tmp_path):
+    y, p, classes = task_data("binary")
+    fig = plot_roc("mel", "binary", y, p, classes, tmp_path / "roc.png", model="m", split="val")
+    texts = legend_texts(fig.axes[0])
+    assert len(texts) == 1 and texts[0].startswith(f"c1: {int((y == 1).sum())} pos., AUC ")
+
+
+def test_confusion_has_colour_bar_and_title_facts(tmp_path):
+    y, p, classes = task_data("multiclass")
+    cm = task_metrics("multiclass", y, p, classes)["confusion_matrix"]
+    fig = plot_confusion("diag", cm, classes, tmp_path / "cm.png", model="late_fusion", split="test")
+    matrix_ax, bar_ax = fig.axes
+    assert bar_ax.get_ylabel() == "fraction of the true class"
+    title = matrix_ax.get_title()
+    assert "late_fusion" in title and "test split" in title and f"n = {int(np.sum(cm))}" in title
+    assert (matrix_ax.get_xlabel(), matrix_ax.get_ylabel()) == ("predicted", "true")
+    ym, pm, labels = task_data("multilabel")
+    cmm = task_metrics("multilabel", ym, pm, labels)["confusion_matrix"]
+    fig = plot_confusion("mrnet", cmm, labels, tmp_path / "cmm.png", model="ei", split="val")
+    assert len(fig.axes) == 6  # a matrix and its colour bar per label
+    assert "ei, val split" in fig._suptitle.get_text()
+    assert f"abnormal (n = {int((~np.isnan(ym[:, 0])).sum())})" in fig.axes[0].get_title()
+
+
+def write_single_task_csv(path) -> None:
+    """A metrics.csv as mmdiag logs a single-task run: train/<task>/acc, val/<task>/* and identical val/mean/*."""
+    rows = ["epoch,step,lr-AdamW,train/loss,train/diag/acc,val/diag/acc,val/loss,val/mean/acc"]
+    accs = [0.5, 0.7, 0.65]
+    for e, a in enumerate(accs):
+        rows.append(f",{e},0.001,,,,,")
+        rows.append(f"{e},{e},,{1.0 - 0.2 * e},{0.4 + 0.1 * e},,,")
+        rows.append(f"{e},{e},,,,{a},{0.9 - 0.1 * e},{a}")
+    path.write_text("\n".join(rows) + "\n")
+
+
+def test_training_curves_single_task_labels_best_epoch_and_no_duplicates(tmp_path):
+    csv = tmp_path / "metrics.csv"
+    write_single_task_csv(csv)
+    fig = plot_training_curves(csv, tmp_path / "curves.png", model="late_fusion", cases="train 80 / val 20",
+                               best=("val/diag/acc", 0.7))
+    axes = {ax.get_title(): ax for ax in fig.axes}
+    assert set(axes) == {"lr-AdamW", "loss", "acc"}
+    assert axes["acc"].get_ylabel() == "accuracy" and axes["loss"].get_ylabel() == "loss"
+    assert axes["lr-AdamW"].get_ylabel() == "learning rate"
+    assert legend_texts(axes["acc"]) == ["train/diag/acc", "val/diag/acc", "best: epoch 1"]
+    star = [line for line in axes["acc"].get_lines() if line.get_marker() == "*"][0]
+    assert (star.get_xdata()[0], star.get_ydata()[0]) == (1, pytest.approx(0.7))
+    assert all(any(line.get_xdata()[0] == 1 and line.get_linestyle() == "--" for line in ax.get_lines())
+               for ax in fig.axes)
+    suptitle = fig._suptitle.get_text()
+    assert "late_fusion" in suptitle and "n = train 80 / val 20" in suptitle and "best epoch 1" in suptitle
+
+
+def test_training_curves_keep_the_mean_of_several_tasks(tmp_path):
+    csv = tmp_path / "metrics.csv"
+    csv.write_text("epoch,step,val/a/auc,val/b/auc,val/mean/auc\n0,0,0.6,0.8,0.7\n1,1,0.7,0.9,0.8\n")
+    fig = plot_training_curves(csv, tmp_path / "curves.png")
+    assert legend_texts(fig.axes[0]) == ["val/a/auc", "val/b/auc", "val/mean/auc"]
+    assert fig.axes[0].get_ylabel() == "AUC (macro, one-vs-rest)"

@@ -15,7 +15,7 @@ from mmdiag.data.transforms import BatchTransform
 from mmdiag.errors import ConfigError, UnknownNameError
 from mmdiag.evaluation.metrics import evaluate_tasks
 from mmdiag.evaluation.predict import predict_loader
-from mmdiag.evaluation.robustness import (CORRUPTIONS, PAPER_METRICS, corrupt, evaluate_robustness, resolve_run,
+from mmdiag.evaluation.robustness import (CORRUPTIONS, _plot, PAPER_METRICS, corrupt, evaluate_robustness, resolve_run,
                                           write_robustness)
 
 
@@ -160,6 +160,19 @@ def test_report_files(setup, tmp_path):
     assert md.count("| corruption | 0 | 1 | 2 | 3 | 4 | 5 |") == len(PAPER_METRICS)
     assert "| contrast | factor towards the mean grey level | 0.8 | 0.6 | 0.4 | 0.3 | 0.2 |" in md
     assert "## diagnosis: Specificity (n = 6)" in md
+    result["model"] = "late_fusion"
+    fig = _plot(result, dm.spec, "auc", tmp_path / "auc.png")
+    ax = fig.axes[0]
+    assert ax.get_title() == "diagnosis (n = 6)" and ax.get_ylabel() == "AUC" and ax.get_xlabel()
+    assert "late_fusion, D" in fig._suptitle.get_text()
+    low, high = result["clean"]["ci95"]["diagnosis"]["auc"]
+    assert low <= result["clean"]["tasks"]["diagnosis"]["auc"] <= high
+    band_y = ax.transData.inverted().transform(ax.patches[0].get_verts())[:, 1]
+    assert (band_y.min(), band_y.max()) == (pytest.approx(low), pytest.approx(high))
+    legend = ax.get_legend()
+    assert [t.get_text() for t in legend.get_texts()] == ["clean 95 % CI", "contrast"]
+    fig.canvas.draw()
+    assert legend.get_window_extent().x0 >= ax.get_window_extent().x1  # legend outside, clear of the lines
 
 
 def test_resolve_run(tmp_path):

@@ -11,7 +11,8 @@ from torch import nn
 from mmdiag import create_model
 from mmdiag.data.synthetic import synthetic
 from mmdiag.errors import ConfigError, UnknownNameError
-from mmdiag.explain.gradcam import GradCAM, infer_layout, overlay_heatmap, save_overlay, spatial_layers
+from mmdiag.explain.gradcam import (GradCAM, gradcam_panel, infer_layout, overlay_heatmap, save_gradcam_panel,
+                                   save_overlay, spatial_layers)
 from mmdiag.models._builder import build_for_dataset
 from mmdiag.models.contract import MultimodalModel
 from mmdiag.models.layers.heads import TaskHeads
@@ -353,3 +354,16 @@ def test_a_declared_layout_that_does_not_fit_the_output_is_named():
     model.output_fmts = {"dermoscopy": "NDHWC"}  # a 3D layout for a 2D map: a bug in the model, named
     with pytest.raises(ConfigError, match=r"_TwoImages.output_fmts\['dermoscopy'\] = 'NDHWC'.*'enc_b.0'"):
         GradCAM(model, modality="dermoscopy")(_two_image_batch())
+
+
+def test_gradcam_panel_image_overlay_colour_bar_and_title(tmp_path):
+    image, cam = torch.rand(3, 20, 24), torch.rand(20, 24)
+    title = "late_fusion, test case c1 | photo | task diagnosis: mel (p = 0.812)"
+    fig = gradcam_panel(image, cam, title)
+    image_ax, overlay_ax, bar_ax = fig.axes
+    assert (image_ax.get_title(), overlay_ax.get_title()) == ("image", "overlay")
+    np.testing.assert_allclose(image_ax.get_images()[0].get_array(), image.permute(1, 2, 0).numpy(), atol=1e-6)
+    np.testing.assert_array_equal(overlay_ax.get_images()[0].get_array(), overlay_heatmap(image, cam, 0.5, 1))
+    assert bar_ax.get_ylabel().startswith("Grad-CAM") and fig._suptitle.get_text() == title
+    path = save_gradcam_panel(tmp_path / "p.png", image, cam, title)
+    assert Image.open(path).size[0] > Image.open(path).size[1]

@@ -44,7 +44,7 @@ def _gradcam(args: argparse.Namespace) -> int:
 
     from mmdiag.errors import ConfigError
     from mmdiag.evaluation.scores import probabilities
-    from mmdiag.explain.gradcam import GradCAM, save_overlay
+    from mmdiag.explain.gradcam import GradCAM, save_gradcam_panel
 
     predictor, loader, device = _load(args)
     spec, model = predictor.spec, predictor.model.eval().to(device)
@@ -74,8 +74,11 @@ def _gradcam(args: argparse.Namespace) -> int:
             prob = probabilities(spec, model(ready["inputs"], ready["present"]))[task]
         for j, cid in enumerate(sub["case_id"]):
             k = int(res.targets[j])
-            path = out_dir / f"{args.method}_{_safe(res.layer)}_{modality}_{_safe(cid)}.png"
-            save_overlay(path, sub["inputs"][modality][j], res.maps[j], alpha=args.alpha)
+            path = out_dir / f"{args.method}_{_safe(modality)}_{_safe(cid)}_{_safe(task)}-{_safe(classes[k])}.png"
+            title = (f"{predictor.cfg.model.name}, {args.split} case {cid} | {modality} | task {task}: {classes[k]} "
+                     f"(p = {float(prob[j, k]):.3f})\n{'Grad-CAM++' if args.method == 'gradcampp' else 'Grad-CAM'} "
+                     f"at {res.layer}")
+            save_gradcam_panel(path, sub["inputs"][modality][j], res.maps[j], title, alpha=args.alpha)
             print(f"{cid}: {classes[k]} (p = {float(prob[j, k]):.3f}) -> {path}")
         done += len(rows)
         if not wanted and done >= args.cases:

@@ -104,13 +104,19 @@ def write_report(run_dir: str | Path, spec: DatasetSpec, preds: Predictions, met
     atomic_write_text(run_dir / "metrics.json", json.dumps({"split": split, **metrics, "run": summary}, indent=2,
                                                            default=float))
     write_predictions_csv(spec, preds, run_dir / "predictions.csv", split)
+    model = summary.get("model")
     for t, task in spec.tasks.items():
-        plot_roc(t, task.type, preds.y_true[t], preds.y_prob[t], list(task.classes), plots / f"roc_{t}.png")
+        plot_roc(t, task.type, preds.y_true[t], preds.y_prob[t], list(task.classes), plots / f"roc_{t}.png",
+                 model=model, split=split)
         plot_confusion(t, np.asarray(metrics["tasks"][t]["confusion_matrix"]), list(task.classes),
-                       plots / f"confusion_{t}.png")
+                       plots / f"confusion_{t}.png", model=model, split=split)
     curves = run_dir / "logs" / "csv" / "metrics.csv"
     if curves.is_file():
-        plot_training_curves(curves, plots / "training_curves.png")
+        best = next(((k[len("best "):], v) for k, v in summary.items()
+                     if k.startswith("best ") and isinstance(v, float)), None)
+        counts = str(summary.get("cases train/val/test", "")).split("/")
+        cases = f"train {counts[0]} / val {counts[1]}" if len(counts) == 3 else None
+        plot_training_curves(curves, plots / "training_curves.png", model=model, cases=cases, best=best)
 
     lines = [f"# Report — {summary.get('name', run_dir.name)}", ""]
     lines += ["| | |", "|---|---|"] + [f"| {k} | {f'{v:g}' if isinstance(v, float) else fmt(v)} |"

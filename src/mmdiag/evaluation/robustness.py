@@ -52,7 +52,7 @@ from mmdiag.data.schema import DatasetSpec, ImageModality
 from mmdiag.data.sources import load_table
 from mmdiag.data.transforms import BatchTransform
 from mmdiag.errors import ConfigError, UnknownNameError
-from mmdiag.evaluation.metrics import evaluate_tasks
+from mmdiag.evaluation.metrics import evaluate_tasks, task_metrics
 from mmdiag.evaluation.report import fmt
 from mmdiag.evaluation.scores import probabilities
 from mmdiag.io.atomic import atomic_write_bytes, atomic_write_text
@@ -191,6 +191,33 @@ def _scores(spec: DatasetSpec, y_true: Mapping[str, np.ndarray], y_prob: Mapping
             "mean": {m: result["mean"][m] for m in metrics}}
 
 
+def _clean_band(spec: DatasetSpec, y_true: Mapping[str, np.ndarray], y_prob: Mapping[str, np.ndarray],
+                metrics: Sequence[str], n_boot: int = 200, seed: int = 0) -> dict[str, dict[str, list[float]]]:
+    """Percentile-bootstrap 95 % CI of each clean metric (cases resampled; all metrics from the same resamples).
+
+    Choice: the robustness plot shades this band of the clean score, so that a corrupted score outside it is a
+    change larger than the test set's sampling noise; per-severity bands for every corruption would hide the lines.
+    """
+    import warnings
+
+    rng = np.random.default_rng(seed)
+    out = {}
+    for t, task in spec.tasks.items():
+        y, p = np.asarray(y_true[t]), np.asarray(y_prob[t])
+        values: dict[str, list[float]] = {m: [] for m in metrics}
+        for _ in range(n_boot):
+            idx = rng.integers(0, len(y), size=len(y))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                r = task_metrics(task.type, y[idx], p[idx], list(task.classes), t)
+            for m in metrics:
+                if r.get(m) is not None and not math.isnan(r[m]):
+                    values[m].append(float(r[m]))
+        out[t] = {m: [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))] if v else [math.nan, math.nan]
+                  for m, v in values.items()}
+    return out
+
+
 @torch.no_grad()
 def evaluate_robustness(model: nn.Module, spec: DatasetSpec, loader: DataLoader, transform: BatchTransform,
                         corruptions: Sequence[str] | None = None, modalities: Sequence[str] | None = None,
@@ -212,7 +239,8 @@ def evaluate_robustness(model: nn.Module, spec: DatasetSpec, loader: DataLoader,
     Returns:
         ``{"clean": scores, "results": {corruption: [scores of severity 0..5]}}``; scores are
         ``{"severity", "level", "tasks": {task: {"n", metric: value}}, "mean": {metric: value}}`` (severity 0 is the
-        clean evaluation, shared by all corruptions).
+        clean evaluation, shared by all corruptions); the clean scores also hold ``"ci95"``: ``{task: {metric:
+        [low, high]}}``, a bootstrap 95 % CI (200 resamples).
 
     Raises:
         UnknownNameError: an unknown corruption.
@@ -251,7 +279,9 @@ def evaluate_robustness(model: nn.Module, spec: DatasetSpec, loader: DataLoader,
     def scores(cond: tuple[str | None, int]) -> dict[str, Any]:
         return _scores(spec, y_true, {t: np.concatenate(v) for t, v in probs[cond].items()}, metrics)
 
-    clean = {"severity": 0, "level": None, **scores((None, 0))}
+    clean = {"severity": 0, "level": None, **scores((None, 0)),
+             "ci95": _clean_band(spec, y_true, {t: np.concatenate(v) for t, v in probs[(None, 0)].items()}, metrics,
+                                 seed=seed)}
     results = {n: [clean] + [{"severity": s, "level": CORRUPTIONS[n].levels[s - 1], **scores((n, s))}
                              for s in range(1, SEVERITIES + 1)] for n in names}
     return {"clean": clean, "results": results}
@@ -363,24 +393,36 @@ def _markdown(result: dict[str, Any], spec: DatasetSpec, metrics: Sequence[str])
     return "\n".join(head) + "\n"
 
 
-def _plot(result: dict[str, Any], spec: DatasetSpec, metric: str, path: Path) -> None:
+def _plot(result: dict[str, Any], spec: DatasetSpec, metric: str, path: Path) -> Any:
+    """One panel per task: the metric against severity per corruption, the clean score's 95 % CI shaded, legend
+    outside the axes; the title names the model, the evaluated data and n."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
+    from mmdiag.evaluation.plots import heading
+
     tasks = list(spec.tasks)
-    fig = Figure(figsize=(5.0 * len(tasks), 4.0), layout="constrained")
+    fig = Figure(figsize=(4.6 * len(tasks) + 1.9, 4.2), layout="constrained")
     FigureCanvasAgg(fig)
+    clean = result["clean"]
+    severities = range(SEVERITIES + 1)
     for i, task in enumerate(tasks):
         ax = fig.add_subplot(1, len(tasks), i + 1)
+        low, high = clean.get("ci95", {}).get(task, {}).get(metric, (math.nan, math.nan))
+        if not math.isnan(low):
+            ax.axhspan(low, high, color="grey", alpha=0.2, lw=0, label="clean 95 % CI")
         for name, rows in result["results"].items():
-            ax.plot(range(SEVERITIES + 1), [r["tasks"][task][metric] for r in rows], marker="o", ms=3, label=name)
-        ax.set(title=f"{task}: {METRIC_TITLES.get(metric, metric)}", xlabel="severity", ylabel=metric,
-               xticks=range(SEVERITIES + 1))
+            ax.plot(severities, [r["tasks"][task][metric] for r in rows], marker="o", ms=3, label=name)
+        ax.set(title=f"{task} (n = {clean['tasks'][task]['n']})", xlabel="severity (0 = clean)",
+               ylabel=METRIC_TITLES.get(metric, metric), xticks=severities)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize="small")
+    ax.legend(fontsize="small", loc="center left", bbox_to_anchor=(1.02, 0.5), borderaxespad=0)
+    fig.suptitle(heading(f"Robustness to image corruptions: {METRIC_TITLES.get(metric, metric)}",
+                         ", ".join(str(result[k]) for k in ("model", "data") if result.get(k)), None, None))
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120)
     atomic_write_bytes(path, buf.getvalue())
+    return fig
 
 
 def write_robustness(result: dict[str, Any], spec: DatasetSpec, out_dir: str | Path,
@@ -447,7 +489,7 @@ def run_robustness(run: str | Path, data: str | None = None, root: str | None = 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     evaluated = evaluate_robustness(predictor.model, predictor.spec, loader, predictor.transform, names, modalities,
                                     device, seed)
-    result = {"run": str(run_dir), "weights": str(weights or run_dir / "model.safetensors"), "data": described,
+    result = {"run": str(run_dir), "model": predictor.cfg.model.name, "weights": str(weights or run_dir / "model.safetensors"), "data": described,
               "corrupted_modalities": list(modalities or predictor.spec.of_kind("image")), "seed": seed,
               "metrics": list(PAPER_METRICS),
               "corruptions": {n: {"parameter": CORRUPTIONS[n].parameter, "levels": list(CORRUPTIONS[n].levels)}

@@ -59,6 +59,8 @@ __all__ = [
     "overlay_heatmap",
     "resolve_layer",
     "save_overlay",
+    "gradcam_panel",
+    "save_gradcam_panel",
     "spatial_layers",
 ]
 
@@ -591,5 +593,46 @@ def save_overlay(path: str | Path, image: Tensor | np.ndarray, cam: Tensor | np.
 
     buf = io.BytesIO()
     Image.fromarray(overlay_heatmap(image, cam, alpha, min_side)).save(buf, format="PNG")
+    atomic_write_bytes(path, buf.getvalue())
+    return Path(path)
+
+
+def gradcam_panel(image: Tensor | np.ndarray, cam: Tensor | np.ndarray, title: str, alpha: float = 0.5) -> Any:
+    """A figure with two panels, image | overlay, under ``title``, with the map's colour bar.
+
+    Args:
+        image: ``(C, H, W)`` in [0, 1] (before normalisation), or ``(C, D, H, W)`` (the middle slice is shown).
+        cam: The normalised map, same spatial size.
+        title: Figure title (model, split, case, modality, task, class and probability).
+        alpha: Heatmap opacity in the overlay.
+
+    Returns:
+        The :class:`matplotlib.figure.Figure` (Agg canvas).
+    """
+    from matplotlib import colormaps
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+    from matplotlib.figure import Figure
+
+    img = np.asarray(image.detach().cpu() if isinstance(image, Tensor) else image, dtype=np.float32)
+    shown = img[:, img.shape[1] // 2] if img.ndim == 4 else img
+    fig = Figure(figsize=(7.0, 3.9), layout="constrained")
+    FigureCanvasAgg(fig)
+    for i, (sub, data) in enumerate([("image", _rgb(shown)), ("overlay", overlay_heatmap(img, cam, alpha, 1))]):
+        ax = fig.add_subplot(1, 2, i + 1)
+        ax.imshow(data)
+        ax.set(title=sub, xticks=[], yticks=[])
+    fig.colorbar(ScalarMappable(Normalize(0.0, 1.0), colormaps["jet"]), ax=ax, fraction=0.046,
+                 label="Grad-CAM (normalised to its max)")
+    fig.suptitle(title, fontsize="medium")
+    return fig
+
+
+def save_gradcam_panel(path: str | Path, image: Tensor | np.ndarray, cam: Tensor | np.ndarray, title: str,
+                       alpha: float = 0.5) -> Path:
+    """Write :func:`gradcam_panel` as a PNG, atomically. Returns the path."""
+    buf = io.BytesIO()
+    gradcam_panel(image, cam, title, alpha).savefig(buf, format="png", dpi=100)
     atomic_write_bytes(path, buf.getvalue())
     return Path(path)

@@ -78,8 +78,25 @@ class MultimodalSystem(L.LightningModule):
             total = total + weight * value
         return total, parts
 
+    def _log_train_accuracy(self, out: dict[str, Any], labels: dict[str, torch.Tensor]) -> None:
+        """``train/<task>/acc`` per epoch over the known labels (in train mode: dropout and augmentation on)."""
+        with torch.no_grad():
+            probs = probabilities(self.spec, {t: out[t].detach() for t in self.spec.tasks})
+        for t, task in self.spec.tasks.items():
+            y = labels[t]
+            if task.type == "multilabel":
+                known = ~torch.isnan(y)
+                hits = ((probs[t] > 0.5) == (y > 0.5))[known]
+            else:
+                known = y >= 0
+                hits = probs[t][known].argmax(1) == y[known]
+            if hits.numel():
+                self.log(f"train/{t}/acc", hits.float().mean(), on_step=False, on_epoch=True,
+                         batch_size=hits.numel(), sync_dist=True)
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        total, parts = self._loss(self(batch), batch["labels"])
+        out = self(batch)
+        total, parts = self._loss(out, batch["labels"])
         if not torch.isfinite(total):
             bad = [t for t, v in parts.items() if not torch.isfinite(v)]
             saved = [c.best_model_path for c in self.trainer.checkpoint_callbacks if c.monitor is None]
@@ -89,6 +106,7 @@ class MultimodalSystem(L.LightningModule):
                                      f"optim.lr or set trainer.gradient_clip_val.")
         bs = len(batch["case_id"])
         self.log("train/loss", total, on_step=False, on_epoch=True, batch_size=bs, sync_dist=True)
+        self._log_train_accuracy(out, batch["labels"])
         return total
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
