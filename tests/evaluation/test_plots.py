@@ -150,7 +150,7 @@ def test_confusion_has_colour_bar_and_title_facts(tmp_path):
     assert bar_ax.get_ylabel() == "fraction of the true class"
     title = matrix_ax.get_title()
     assert "late_fusion" in title and "test split" in title and f"n = {int(np.sum(cm))}" in title
-    assert (matrix_ax.get_xlabel(), matrix_ax.get_ylabel()) == ("predicted", "true")
+    assert (matrix_ax.get_xlabel(), matrix_ax.get_ylabel()) == ("predicted", "true (cases)")
     ym, pm, labels = task_data("multilabel")
     cmm = task_metrics("multilabel", ym, pm, labels)["confusion_matrix"]
     fig = plot_confusion("mrnet", cmm, labels, tmp_path / "cmm.png", model="ei", split="val")

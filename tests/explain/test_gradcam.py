@@ -367,3 +367,8 @@ def test_gradcam_panel_image_overlay_colour_bar_and_title(tmp_path):
     assert bar_ax.get_ylabel().startswith("Grad-CAM") and fig._suptitle.get_text() == title
     path = save_gradcam_panel(tmp_path / "p.png", image, cam, title)
     assert Image.open(path).size[0] > Image.open(path).size[1]
+
+
+def test_gradcam_panel_says_when_the_map_is_zero():
+    fig = gradcam_panel(torch.rand(1, 16, 16), torch.zeros(16, 16), "t")
+    assert fig.axes[1].get_title() == "overlay (map is zero: no positive evidence)"

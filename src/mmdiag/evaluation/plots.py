@@ -112,7 +112,8 @@ def plot_roc(
 
 
 def _draw_matrix(fig: Figure, ax, cm: np.ndarray, labels: Sequence[str], title: str) -> None:
-    """One confusion matrix: colour = fraction of its row (truth), text = count; colour bar beside it."""
+    """One confusion matrix: colour = fraction of its row (truth), text = count, row totals in the y tick labels;
+    colour bar beside it."""
     rows = cm.sum(axis=1, keepdims=True)
     frac = np.divide(cm, rows, out=np.zeros(cm.shape, dtype=float), where=rows > 0)
     image = ax.imshow(frac, cmap="Blues", vmin=0.0, vmax=1.0)
@@ -120,8 +121,8 @@ def _draw_matrix(fig: Figure, ax, cm: np.ndarray, labels: Sequence[str], title: 
         ax.text(j, i, str(int(count)), ha="center", va="center", color="white" if frac[i, j] > 0.5 else "black")
     ticks = range(len(labels))
     ax.set_xticks(ticks, labels, rotation=45, ha="right")
-    ax.set_yticks(ticks, labels)
-    ax.set(xlabel="predicted", ylabel="true", title=title)
+    ax.set_yticks(ticks, [f"{name} ({int(r)})" for name, r in zip(labels, rows[:, 0])])
+    ax.set(xlabel="predicted", ylabel="true (cases)", title=title)
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class")
 
 
@@ -259,6 +260,8 @@ def plot_training_curves(metrics_csv_path: str | os.PathLike, path: str | os.Pat
             groups.setdefault(name, []).append((col, values))
     if not groups:
         raise DataError(f"{metrics_csv_path} holds none of the series {list(panels or [])}", path=str(metrics_csv_path))
+    order = [*(p for p in (panels or ()) if p in groups), *(g for g in groups if g not in (panels or ()))]
+    groups = {name: groups[name] for name in order}  # the panels' order, learning rates last
     best_epoch = None
     if best is not None and best[0] in series and not math.isnan(best[1]):
         monitored = series[best[0]]

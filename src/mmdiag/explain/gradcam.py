@@ -619,7 +619,9 @@ def gradcam_panel(image: Tensor | np.ndarray, cam: Tensor | np.ndarray, title: s
     shown = img[:, img.shape[1] // 2] if img.ndim == 4 else img
     fig = Figure(figsize=(7.0, 3.9), layout="constrained")
     FigureCanvasAgg(fig)
-    for i, (sub, data) in enumerate([("image", _rgb(shown)), ("overlay", overlay_heatmap(img, cam, alpha, 1))]):
+    heat = np.asarray(cam.detach().cpu() if isinstance(cam, Tensor) else cam, dtype=np.float32)
+    overlay = "overlay" if heat.max() > 0 else "overlay (map is zero: no positive evidence)"
+    for i, (sub, data) in enumerate([("image", _rgb(shown)), (overlay, overlay_heatmap(img, heat, alpha, 1))]):
         ax = fig.add_subplot(1, 2, i + 1)
         ax.imshow(data)
         ax.set(title=sub, xticks=[], yticks=[])
