@@ -30,10 +30,21 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
+    if args.without:
+        return _ablate(args)
     from mmdiag.training.run import evaluate_run
 
     _print_metrics(evaluate_run(args.run, args.split))
     print(f"report: {Path(args.run) / 'report.md'}")
+    return 0
+
+
+def _ablate(args: argparse.Namespace) -> int:
+    from mmdiag.evaluation.ablation import modality_ablation
+
+    table = modality_ablation(args.run, args.split, args.without)
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    print(f"modality ablation: {Path(args.run) / 'eval' / args.split / 'modality_ablation.md'}")
     return 0
 
 
@@ -145,6 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="re-evaluate a finished run and rewrite its report")
     e.add_argument("--run", required=True, help="run folder")
     e.add_argument("--split", default="test", choices=["train", "val", "test"])
+    e.add_argument("--without", action="append", metavar="MODALITY",
+                   help="instead, evaluate with this modality removed at test time (repeatable; 'all': each one in "
+                        "turn) and write RUN/eval/SPLIT/modality_ablation.md; the report is left as it is")
     e.set_defaults(fn=_eval)
 
     pr = sub.add_parser("predict", help="probabilities for one case or a manifest, from a finished run")
