@@ -140,7 +140,8 @@ def _tsne(args: argparse.Namespace) -> int:
     predictor, loader, device = _load(args)
     features, labels, ids = extract_features(predictor.model, loader, predictor.transform, device)
     paths = write_tsne(predictor.spec, features, labels, ids, Path(args.output or Path(args.run) / "explain"),
-                       prefix=f"tsne_{args.split}", perplexity=args.perplexity, seed=args.seed, tasks=args.task)
+                       prefix=f"tsne_{args.split}", perplexity=args.perplexity, seed=args.seed, tasks=args.task,
+                       heading=f"{predictor.cfg.model.name}, {args.split}")
     print(f"{len(ids)} cases, {features.shape[1]} features")
     for p in paths:
         print(p)

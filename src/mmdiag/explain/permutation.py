@@ -143,5 +143,6 @@ def permutation_for_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike |
     out = Path(out_dir or Path(run_dir) / "explain")
     csv, png = out / f"permutation_{task}_{split}.csv", out / f"permutation_{task}_{split}.png"
     atomic_write_text(csv, frame.to_csv(float_format="%.5f"))
-    atomic_write_bytes(png, plot_importance(frame, f"{task}: accuracy drop per class ({split}, {len(labels)} cases)"))
+    atomic_write_bytes(png, plot_importance(frame, f"{predictor.cfg.model.name}: record-field permutation, task {task}\n"
+                                                   f"accuracy drop per class ({split}, n = {len(labels)})"))
     return csv, png

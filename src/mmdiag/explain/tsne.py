@@ -163,7 +163,7 @@ def _palette(n: int) -> list[Any]:
 
 def write_tsne(spec: DatasetSpec, features: np.ndarray, labels: Mapping[str, np.ndarray], case_ids: Sequence[str],
                out_dir: str | Path, prefix: str = "tsne", perplexity: float = 30.0, seed: int = 0,
-               tasks: Sequence[str] | None = None) -> list[Path]:
+               tasks: Sequence[str] | None = None, heading: str = "") -> list[Path]:
     """Embed once, then write one PNG per task (``{prefix}_{task}.png``) and the coordinates with each case's
     class per task (``{prefix}.csv``).
 
@@ -174,6 +174,7 @@ def write_tsne(spec: DatasetSpec, features: np.ndarray, labels: Mapping[str, np.
         prefix: File name prefix.
         perplexity: t-SNE perplexity (capped for small N); seed: t-SNE seed.
         tasks: Tasks to colour by (default: all).
+        heading: what the features are (model and split), put in each title with the number of cases.
 
     Returns:
         The written paths.
@@ -193,7 +194,7 @@ def write_tsne(spec: DatasetSpec, features: np.ndarray, labels: Mapping[str, np.
     for t in tasks:
         names = class_labels(spec.tasks[t], labels[t])
         table[t] = names
-        paths.append(plot_tsne(emb, names, out_dir / f"{prefix}_{t}.png", title=f"t-SNE: {t}",
+        paths.append(plot_tsne(emb, names, out_dir / f"{prefix}_{t}.png", title=f"t-SNE of forward_features, task {t}\n{heading + ', ' if heading else ''}n = {len(emb)}",
                                order=list(spec.tasks[t].classes)))
     atomic_write_text(out_dir / f"{prefix}.csv", pd.DataFrame(table).to_csv(index=False))
     return [*paths, out_dir / f"{prefix}.csv"]
