@@ -104,3 +104,11 @@ def test_summary_means_over_runs(tmp_path, capsys):
     assert main(["summary", str(tmp_path / "a"), str(tmp_path / "b"), str(tmp_path / "recipe")]) == 0
     out = capsys.readouterr().out
     assert "| **MEAN** | | 0.8000 | 0.8667 | 0.8000 | 0.8000 |" in out
+
+
+def test_config_descriptions_are_whole_sentences(capsys):
+    assert main(["configs"]) == 0
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert lines["mmcaf/daft_lung_pet_ct_dx"].endswith("(Pölsterl et al. 2021), trained end to end.")
+    assert "ACL tear, multi-label), DINOv2 ViT-B/14 with registers + MoR." in lines["ei/ei_mrnet"]
+    assert "per-attribute AUC" in lines["remixformer/t5_isic_attr"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import re
 import logging
 import sys
 from pathlib import Path
@@ -115,10 +116,23 @@ def _datasets(args: argparse.Namespace) -> int:
 def _configs(args: argparse.Namespace) -> int:
     from mmdiag.config.load import resolve_config_path, shipped_configs
 
-    for name in shipped_configs():
-        first = resolve_config_path(name).read_text().splitlines()[:1]
-        print(f"{name:32s} {first[0].lstrip('# ') if first and first[0].startswith('#') else ''}")
+    names = shipped_configs()
+    width = max(map(len, names))
+    for name in names:
+        print(f"{name:{width}s}  {_config_summary(resolve_config_path(name).read_text())}")
     return 0
+
+
+def _config_summary(text: str) -> str:
+    """The first sentence of a config's leading comment block (which may wrap over several lines), never cut."""
+    lines = []
+    for line in text.splitlines():
+        if not line.startswith("#"):
+            break
+        lines.append(line.lstrip("# ").strip())
+    words = re.sub(r"(\w)- (\w)", r"\1-\2", " ".join(lines))  # a word hyphenated across lines
+    end = re.search(r"(?<!\bal)(?<!\be\.g)(?<!\bi\.e)\.\s+(?=[A-Z(`])", words)
+    return words if end is None else words[:end.start() + 1]
 
 
 def _summary(args: argparse.Namespace) -> int:
