@@ -121,3 +121,24 @@ def test_bootstrap_ci_rejects_bad_input():
         bootstrap_ci(roc_auc_score, np.array([1, 1, 1]), np.array([0.1, 0.2, 0.3]), n_boot=20)
     with pytest.raises(ValueError, match="alpha=1.5"):
         bootstrap_ci(roc_auc_score, np.array([0, 1]), np.array([0.1, 0.2]), alpha=1.5)
+
+
+def test_summarize_runs_means_and_names_bad_metrics(tmp_path):
+    import json
+
+    import pytest
+
+    from mmdiag.errors import ConfigError, DataError
+    from mmdiag.evaluation.stats import summarize_runs
+
+    for name, acc in (("a", 0.5), ("b", 0.7)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.json").write_text(json.dumps({"run": {"dataset": name},
+                                                                  "mean": {"acc": acc, "auc": 0.9}}))
+    rows, mean = summarize_runs([tmp_path / "a", tmp_path / "b"], ["acc", "auc"])
+    assert [r["acc"] for r in rows] == [0.5, 0.7] and mean["acc"] == pytest.approx(0.6)
+    with pytest.raises(ConfigError, match=r"'acuracy' is not a metric.*did you mean .*'acc'"):
+        summarize_runs([tmp_path / "a"], ["acuracy"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="holds no metrics.json"):
+        summarize_runs([tmp_path / "empty"], ["acc"])

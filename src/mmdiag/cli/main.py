@@ -210,8 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
     ds.set_defaults(fn=_datasets)
     su = sub.add_parser("summary", help="mean-over-tasks metrics of several runs (e.g. one per dataset) and their MEAN")
     su.add_argument("runs", nargs="+", help="run folders (a recipe's folder: its final stage is used)")
-    su.add_argument("--metrics", nargs="+", default=["map", "auc", "s2", "acc"], help="metric keys (default: mAP, "
-                    "mAUC, mS2, ACC)")
+    su.add_argument("--metrics", nargs="+", default=["map", "auc", "s2", "acc"], help="keys of the runs' metrics.json "
+                    "'mean' (default: map auc s2 acc)")
     su.set_defaults(fn=_summary)
     cf = sub.add_parser("configs", help="list the experiment configs shipped with mmdiag (usable as --config NAME)")
     cf.set_defaults(fn=_configs)

@@ -176,14 +176,23 @@ def summarize_runs(run_dirs: Sequence[str | os.PathLike], metrics: Sequence[str]
     when the runs are one per dataset. A folder without ``metrics.json`` (a recipe's) uses its last stage's.
 
     Raises:
-        ValueError: a folder holds no finished run.
+        DataError: a folder holds no finished run.
+        ConfigError: a metric that is not a key of the run's ``metrics.json`` ``mean`` (close matches offered).
     """
+    from mmdiag.errors import ConfigError, DataError, close_matches
+
     rows = []
     for run in map(Path, run_dirs):
         found = sorted(run.glob("*/metrics.json")) if not (run / "metrics.json").is_file() else [run / "metrics.json"]
         if not found:
-            raise ValueError(f"{str(run)!r} holds no metrics.json (is it a finished run?)")
+            raise DataError(f"{str(run)!r} holds no metrics.json (is it a finished run?)")
         data = json.loads(found[-1].read_text())
+        for m in metrics:
+            if m not in data["mean"]:
+                hint = close_matches(m, list(data["mean"]))
+                raise ConfigError(f"--metrics {m!r} is not a metric of {found[-1]}"
+                                  + (f"; did you mean {', '.join(map(repr, hint))}?" if hint else "")
+                                  + f" (its mean metrics: {', '.join(sorted(data['mean']))})")
         rows.append({"run": run.name, "dataset": data.get("run", {}).get("dataset", "?"),
                      **{m: data["mean"].get(m, math.nan) for m in metrics}})
     return rows, {m: float(np.nanmean([r[m] for r in rows])) for m in metrics}
