@@ -143,7 +143,8 @@ def bootstrap_ci(
         ``(low, high)``: the ``alpha/2`` and ``1 - alpha/2`` percentiles of the resampled metric.
 
     Raises:
-        ValueError: bad ``n_boot`` / ``alpha``, ``y_true`` and ``y_prob`` differ in length, or no resample was usable.
+        ValueError: bad ``n_boot`` / ``alpha``, or ``y_true`` and ``y_prob`` differ in length. (No usable resample gives
+            ``(nan, nan)`` with a warning.)
     """
     if n_boot < 1 or not 0.0 < alpha < 1.0:
         raise ValueError(f"bootstrap_ci needs n_boot >= 1 and 0 < alpha < 1; got n_boot={n_boot}, alpha={alpha}")
@@ -162,8 +163,10 @@ def bootstrap_ci(
             value = float(metric_fn(y_true[idx], y_prob[idx]))
         if not math.isnan(value):
             scores.append(value)
-    if not scores:
-        raise ValueError(f"bootstrap_ci: none of {n_boot} resamples of {n} cases had two classes and a defined metric")
+    if not scores:  # e.g. a test split with one class: the interval is undefined, not an error
+        warnings.warn(f"bootstrap CI undefined: none of {n_boot} resamples of {n} cases had two classes and a "
+                      "defined metric; reported as NaN", stacklevel=2)
+        return math.nan, math.nan
     if len(scores) < n_boot:
         logger.info("bootstrap_ci: %d of %d resamples skipped (single class or NaN)", n_boot - len(scores), n_boot)
     low, high = np.percentile(scores, [100.0 * alpha / 2, 100.0 * (1.0 - alpha / 2)])
