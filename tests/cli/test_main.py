@@ -112,3 +112,11 @@ def test_config_descriptions_are_whole_sentences(capsys):
     assert lines["mmcaf/daft_lung_pet_ct_dx"].endswith("(Pölsterl et al. 2021), trained end to end.")
     assert "ACL tear, multi-label), DINOv2 ViT-B/14 with registers + MoR." in lines["ei/ei_mrnet"]
     assert "per-attribute AUC" in lines["remixformer/t5_isic_attr"]
+
+
+def test_redirected_output_has_each_lightning_line_once_and_no_progress_bar(tmp_path, capfd):
+    args = ["train", "--config", "demo_late_fusion", "--output", str(tmp_path / "run"), "trainer.max_epochs=1",
+            "data.options.n_cases=60", "data.options.image_size=16"]
+    assert main(args) == 0
+    err = capfd.readouterr().err
+    assert err.count("GPU available") == 1 and "it/s" not in err and "Epoch 0" not in err

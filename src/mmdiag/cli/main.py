@@ -229,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     if overrides:
         args.overrides = [*args.overrides, *overrides]
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:  # Lightning prints its lines through its own handler already
+        handler.addFilter(lambda record: not record.name.startswith("lightning."))
     try:
         return args.fn(args)
     except MmdiagError as e:

@@ -164,7 +164,8 @@ class TrainerConfig(_Section):
     gradient_clip_val: float | None = None
     early_stopping: EarlyStoppingConfig | None = EarlyStoppingConfig()
     deterministic: bool = True
-    enable_progress_bar: bool = True
+    enable_progress_bar: bool | None = Field(
+        None, description="Lightning's progress bar; default: only when the output is a terminal (not in logs)")
     log_every_n_steps: int = Field(10, ge=1)
     check_val_every_n_epoch: int = Field(1, ge=1)
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import os
 import time
 import warnings
@@ -142,7 +143,8 @@ def train(cfg: ExperimentConfig, run_dir: str | Path | None = None, resume: bool
         max_epochs=t.max_epochs, accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
         strategy=t.strategy, precision=t.precision, accumulate_grad_batches=t.accumulate_grad_batches,
         gradient_clip_val=t.gradient_clip_val, deterministic=True if t.deterministic else None,
-        enable_progress_bar=t.enable_progress_bar, log_every_n_steps=t.log_every_n_steps,
+        enable_progress_bar=sys.stderr.isatty() if t.enable_progress_bar is None else t.enable_progress_bar,
+        log_every_n_steps=t.log_every_n_steps,
         check_val_every_n_epoch=t.check_val_every_n_epoch, callbacks=cbs + list(callbacks or []),
         logger=[CSVLogger(run_dir / "logs", name="csv", version=""),
                 TensorBoardLogger(run_dir / "logs", name="tb", version="")],
