@@ -167,6 +167,9 @@ class TrainerConfig(_Section):
     enable_progress_bar: bool = True
     log_every_n_steps: int = Field(10, ge=1)
     check_val_every_n_epoch: int = Field(1, ge=1)
+    sync_batchnorm: bool = Field(
+        True, description="under DDP, BatchNorm layers become SyncBatchNorm (batch statistics over the global batch, "
+                          "so 2 processes train as 1 does); no effect on one process")
 
 
 class EvalConfig(_Section):
