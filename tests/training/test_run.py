@@ -67,7 +67,20 @@ def test_resume_ends_exactly_like_an_uninterrupted_run(tmp_path):
         train(cfg, callbacks=[_Crash(epoch=2, batch=1)])
     assert not (tmp_path / "killed" / "report.md").exists()
     assert read_checkpoint(tmp_path / "killed" / "checkpoints" / "last.ckpt")["epoch"] == 1
+    state_file = tmp_path / "killed" / "run_state.json"
+    state = json.loads(state_file.read_text())
+    assert state["status"] == "failed" and state["train_seconds"] > 0
+    state["train_seconds"] = 1000.0  # as if the killed session had trained for 1000 s
+    state_file.write_text(json.dumps(state))
     resumed = train(cfg, resume=True)
+    total = json.loads(state_file.read_text())["train_seconds"]
+    assert 1000.0 < total < 1300.0  # the earlier session's seconds + this session's
+    assert resumed.summary["train seconds"] == round(total, 1)
+    report = (tmp_path / "killed" / "report.md").read_bytes()
+    with pytest.raises(ConfigError, match="is finished"):
+        train(cfg, resume=True)  # a finished run is not trained again
+    assert (tmp_path / "killed" / "report.md").read_bytes() == report
+    assert json.loads(state_file.read_text())["status"] == "finished"
     a = full.metrics["tasks"]["diagnosis"]
     b = resumed.metrics["tasks"]["diagnosis"]
     for k in ("acc", "auc", "f1", "map"):

@@ -33,10 +33,10 @@ def _train(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     if args.without:
         return _ablate(args)
-    from mmdiag.training.run import evaluate_run
+    from mmdiag.training.run import eval_dir_for, evaluate_run
 
     _print_metrics(evaluate_run(args.run, args.split))
-    print(f"report: {Path(args.run) / 'report.md'}")
+    print(f"report: {eval_dir_for(args.run, args.split) / 'report.md'}")
     return 0
 
 
@@ -167,9 +167,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.lr=1e-4 data.batch_size=64")
     t.set_defaults(fn=_train)
 
-    e = sub.add_parser("eval", help="re-evaluate a finished run and rewrite its report")
+    e = sub.add_parser("eval", help="evaluate a finished run's best model on a split; writes RUN/eval/<split>/ "
+                                    "(report.md, metrics.json, predictions.csv, plots/), the training report stays")
     e.add_argument("--run", required=True, help="run folder")
-    e.add_argument("--split", default="test", choices=["train", "val", "test"])
+    e.add_argument("--split", default="test", choices=["train", "val", "test"], help="split to evaluate (default: "
+                                                                                      "test)")
     e.add_argument("--without", action="append", metavar="MODALITY",
                    help="instead, evaluate with this modality removed at test time (repeatable; 'all': each one in "
                         "turn) and write RUN/eval/SPLIT/modality_ablation.md; the report is left as it is")

@@ -168,6 +168,9 @@ class TrainerConfig(_Section):
         None, description="Lightning's progress bar; default: only when the output is a terminal (not in logs)")
     log_every_n_steps: int = Field(10, ge=1)
     check_val_every_n_epoch: int = Field(1, ge=1)
+    sync_batchnorm: bool = Field(
+        True, description="under DDP, BatchNorm layers become SyncBatchNorm (batch statistics over the global batch, "
+                          "so 2 processes train as 1 does); no effect on one process")
 
 
 class EvalConfig(_Section):

@@ -105,9 +105,9 @@ class MultimodalDataModule(L.LightningDataModule):
         trainer = getattr(self, "trainer", None)
         return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
 
-    def _loader(self, name: str, train: bool) -> DataLoader:
+    def _loader(self, name: str, train: bool, sharded: bool = True) -> DataLoader:
         ds = self.datasets[name]
-        world, rank = self._world()
+        world, rank = self._world() if sharded else (1, 0)
         batch = self.cfg.batch_size if train else (self.cfg.eval_batch_size or self.cfg.batch_size)
         if batch % world:
             raise ConfigError(f"data.batch_size={batch} is the global batch; it must divide evenly over {world} "
@@ -143,8 +143,9 @@ class MultimodalDataModule(L.LightningDataModule):
         return self._loader("test", False)
 
     def loader(self, name: str) -> DataLoader:
-        """An evaluation loader over split ``name`` (no shuffling)."""
-        return self._loader(name, False)
+        """An evaluation loader over the whole split ``name`` (no shuffling), never sharded over DDP ranks: the
+        process that uses it sees every case exactly once."""
+        return self._loader(name, False, sharded=False)
 
     def state(self) -> dict[str, Any]:
         """What a run folder keeps to rebuild this data module exactly: the split and the encoders' statistics."""

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from mmdiag.config.schema import ExperimentConfig
+from mmdiag.errors import ConfigError
 from mmdiag.evaluation.report import fmt
 from mmdiag.evaluation.stats import fold_summary, paired_ttest
 from mmdiag.io.atomic import atomic_write_text
@@ -19,8 +20,16 @@ _KEYS = ("mean/acc", "mean/balanced_acc", "mean/auc", "mean/f1", "mean/map", "me
 
 def run_cv(cfg: ExperimentConfig, out_dir: str | Path, folds: int | None = None) -> dict[str, Any]:
     """Train fold ``k`` of ``folds`` into ``out_dir/fold{k}`` for every k; write ``cv_metrics.json`` and
-    ``cv_report.md`` with mean ± std over folds (test split of each fold)."""
+    ``cv_report.md`` with mean ± std over folds (test split of each fold).
+
+    Raises:
+        ConfigError: ``out_dir`` exists and is not empty (a cross-validation is never written over another).
+    """
     out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        held = sorted(p.name for p in out_dir.iterdir())
+        raise ConfigError(f"cv folder {str(out_dir)!r} already holds {', '.join(held[:5])}"
+                          + (" ..." if len(held) > 5 else "") + "; choose another --output or name")
     k = folds or cfg.data.split.folds
     per_fold = []
     for fold in range(k):

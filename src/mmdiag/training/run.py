@@ -7,17 +7,18 @@ A run folder holds::
     checkpoints/         last.ckpt and best.ckpt (safetensors + JSON run state; see checkpoint_io)
     model.safetensors    the best weights alone (loadable with create_model(..., checkpoint=...))
     adapter.safetensors  with PEFT: the adapters and trained heads only (mmdiag.models.peft.load_adapter_checkpoint)
-    run_state.json       status, epochs, best score, timings
+    run_state.json       status, epochs, best score, train seconds (summed over resumed sessions)
     logs/csv, logs/tb    CSV and TensorBoard logs
-    report.md, metrics.json, predictions.csv, plots/
+    report.md, metrics.json, predictions.csv, plots/   the test split, written once when training finishes
+    eval/<split>/        the same four, from ``mmdiag eval --run RUN --split <split>`` (the training report stays)
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import sys
 import os
+import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ import torch
 import yaml
 from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.plugins.layer_sync import LayerSync, TorchSyncBatchNorm
 
 from mmdiag.config.schema import ExperimentConfig
 from mmdiag.data.datamodule import MultimodalDataModule, datamodule_for
@@ -41,9 +43,10 @@ from mmdiag.io.checkpoint import save_weights
 from mmdiag.models._builder import build_for_dataset
 from mmdiag.training.checkpoint_io import SafetensorsCheckpointIO, read_checkpoint
 from mmdiag.training.losses import MultiTaskLoss, balanced_class_weights
+from mmdiag.training.sync_batchnorm import GlobalBatchNormSync
 from mmdiag.training.system import MultimodalSystem
 
-__all__ = ["RunResult", "train", "run_stage", "evaluate_run", "run_dir_for"]
+__all__ = ["RunResult", "train", "run_stage", "evaluate_run", "eval_dir_for", "run_dir_for"]
 
 _log = logging.getLogger(__name__)
 # Lightning's notices that do not apply here: the batch transform lives in the system by design, tips, deprecations.
@@ -94,6 +97,33 @@ def _merge_logs(earlier: Path, current: Path) -> None:
     earlier.unlink()
 
 
+class _Clock(L.Callback):
+    """Keeps ``train_seconds`` in ``run_state.json`` current after every training epoch (rank 0), so a session that
+    is killed still adds its time up to its last epoch to a resumed run's total."""
+
+    def __init__(self, path: Path, earlier_seconds: float, resumed: bool):
+        self.path, self.earlier, self.resumed = path, earlier_seconds, resumed
+        self.start = time.time()
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.start = time.time()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.is_global_zero:
+            _write_json(self.path, {"status": "running", "resumed": self.resumed, "epoch": trainer.current_epoch,
+                                    "train_seconds": self.earlier + time.time() - self.start})
+
+
+def _layer_sync(cfg: ExperimentConfig) -> list[LayerSync]:
+    """With ``trainer.sync_batchnorm``: torch's SyncBatchNorm on GPUs, :class:`GlobalBatchNorm` elsewhere (torch's
+    refuses CPU modules). Lightning applies it under DDP strategies only."""
+    t = cfg.trainer
+    if not t.sync_batchnorm:
+        return []
+    gpu = t.accelerator in ("gpu", "cuda") or (t.accelerator == "auto" and torch.cuda.is_available())
+    return [TorchSyncBatchNorm() if gpu else GlobalBatchNormSync()]
+
+
 def _count(model: torch.nn.Module) -> tuple[int, int]:
     total = sum(p.numel() for p in model.parameters())
     return total, sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -103,18 +133,31 @@ def train(cfg: ExperimentConfig, run_dir: str | Path | None = None, resume: bool
           callbacks: list[L.Callback] | None = None) -> RunResult:
     """Train ``cfg`` into ``run_dir`` (default ``output_dir/name``), then evaluate the best weights on the test split.
 
+    Under DDP, training runs in every process (BatchNorm synchronised unless ``trainer.sync_batchnorm=false``); the
+    test evaluation after fit runs in the rank-0 process alone, over the whole test split (an unsharded loader), so
+    every test case is scored exactly once.
+
     Args:
-        resume: continue from ``checkpoints/last.ckpt`` of an interrupted run with the same config.
+        resume: continue from ``checkpoints/last.ckpt`` of an interrupted run with the same config; the train seconds
+            of the earlier sessions are added to this one's.
         callbacks: extra Lightning callbacks.
 
     Raises:
-        ConfigError: the run folder already holds a run and ``resume`` is False, or ``resume`` finds no checkpoint.
+        ConfigError: the run folder already holds a run and ``resume`` is False, ``resume`` finds no checkpoint, or
+            ``resume`` finds the run finished.
     """
     run_dir = Path(run_dir) if run_dir is not None else run_dir_for(cfg)
     ckpt_dir = run_dir / "checkpoints"
     last = ckpt_dir / "last.ckpt"
+    state_file = run_dir / "run_state.json"
+    earlier = json.loads(state_file.read_text()) if resume and state_file.is_file() else {}
+    if earlier.get("status") == "finished":
+        raise ConfigError(f"--resume: run {str(run_dir)!r} is finished ({earlier.get('epochs')} epochs, report at "
+                          f"{run_dir / 'report.md'}); nothing to resume. Re-evaluate it with `mmdiag eval --run "
+                          f"{run_dir}` or train into another folder")
     if resume and not last.is_file():
         raise ConfigError(f"--resume: no checkpoint at {last}")
+    earlier_seconds = float(earlier.get("train_seconds", 0.0))
     if not resume and ckpt_dir.exists() and any(ckpt_dir.iterdir()):
         raise ConfigError(f"run folder {str(run_dir)!r} already holds a run; pass --resume to continue it or choose "
                           f"another name/output")
@@ -144,11 +187,12 @@ def train(cfg: ExperimentConfig, run_dir: str | Path | None = None, resume: bool
         strategy=t.strategy, precision=t.precision, accumulate_grad_batches=t.accumulate_grad_batches,
         gradient_clip_val=t.gradient_clip_val, deterministic=True if t.deterministic else None,
         enable_progress_bar=sys.stderr.isatty() if t.enable_progress_bar is None else t.enable_progress_bar,
-        log_every_n_steps=t.log_every_n_steps,
-        check_val_every_n_epoch=t.check_val_every_n_epoch, callbacks=cbs + list(callbacks or []),
+        log_every_n_steps=t.log_every_n_steps, check_val_every_n_epoch=t.check_val_every_n_epoch,
+        callbacks=cbs + [_Clock(state_file, earlier_seconds, resume)] + list(callbacks or []),
         logger=[CSVLogger(run_dir / "logs", name="csv", version=""),
                 TensorBoardLogger(run_dir / "logs", name="tb", version="")],
-        plugins=[SafetensorsCheckpointIO()], use_distributed_sampler=False, enable_model_summary=False,
+        plugins=[SafetensorsCheckpointIO(), *_layer_sync(cfg)], use_distributed_sampler=False,
+        enable_model_summary=False,
         default_root_dir=run_dir)
     if trainer.is_global_zero:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -159,7 +203,7 @@ def train(cfg: ExperimentConfig, run_dir: str | Path | None = None, resume: bool
             "split": {k: [table[i].case_id for i in v] for k, v in dm.split.items()},
             "encoders": dm.state()["encoders"]})
         _write_json(run_dir / "dataset_spec.json", dm.spec.model_dump(mode="json"))
-        _write_json(run_dir / "run_state.json", {"status": "running", "resumed": resume})
+        _write_json(state_file, {"status": "running", "resumed": resume, "train_seconds": earlier_seconds})
     csv_log = run_dir / "logs" / "csv" / "metrics.csv"
     earlier_log = csv_log.with_name("metrics.before-resume.csv")
     if resume and csv_log.is_file() and trainer.is_global_zero:
@@ -169,10 +213,11 @@ def train(cfg: ExperimentConfig, run_dir: str | Path | None = None, resume: bool
         trainer.fit(system, datamodule=dm, ckpt_path=str(last) if resume else None)
     except BaseException as e:
         if trainer.is_global_zero:
-            _write_json(run_dir / "run_state.json", {"status": "failed", "error": f"{type(e).__name__}: {e}",
-                                                     "epoch": trainer.current_epoch})
+            _write_json(state_file, {"status": "failed", "error": f"{type(e).__name__}: {e}",
+                                     "epoch": trainer.current_epoch,
+                                     "train_seconds": earlier_seconds + time.time() - start})
         raise
-    elapsed = time.time() - start
+    elapsed = earlier_seconds + time.time() - start
     if earlier_log.is_file() and trainer.is_global_zero:
         _merge_logs(earlier_log, csv_log)
     best = trainer.checkpoint_callback.best_model_path or str(last)
@@ -195,10 +240,11 @@ def train(cfg: ExperimentConfig, run_dir: str | Path | None = None, resume: bool
         "train seconds": round(elapsed, 1), "seed": cfg.seed,
         "cases train/val/test": "/".join(str(len(dm.datasets[s])) for s in ("train", "val", "test")),
         "skipped_cases": dm.bad_cases}
+    # Rank 0 alone, over the whole test split (dm.loader is never sharded): every case once, also under DDP.
     preds = predict_loader(model, dm.spec, dm.loader("test"), transform, score=cfg.eval.score)
     metrics = evaluate_predictions(dm.spec, preds, seed=cfg.seed)
     write_report(run_dir, dm.spec, preds, metrics, summary)
-    _write_json(run_dir / "run_state.json", {"status": "finished", "epochs": trainer.current_epoch,
+    _write_json(state_file, {"status": "finished", "epochs": trainer.current_epoch,
                                              "train_seconds": elapsed, "best_checkpoint": best})
     return RunResult(run_dir, metrics, summary)
 
@@ -219,8 +265,14 @@ def run_stage(cfg: ExperimentConfig, stage_dir: Path, resume: bool) -> RunResult
     return train(cfg, stage_dir, resume=again)
 
 
+def eval_dir_for(run_dir: str | Path, split: str) -> Path:
+    """Where :func:`evaluate_run` writes: ``RUN/eval/<split>/``."""
+    return Path(run_dir) / "eval" / split
+
+
 def evaluate_run(run_dir: str | Path, split: str = "test") -> dict[str, Any]:
-    """Re-evaluate a finished run's best model on ``split`` and rewrite its report."""
+    """Evaluate a finished run's best model on ``split``; write report.md, metrics.json, predictions.csv and plots
+    into ``RUN/eval/<split>/`` (the training report at ``RUN/report.md`` is left as it is)."""
     from mmdiag.evaluation.infer import Predictor
 
     predictor = Predictor(run_dir)
@@ -234,5 +286,5 @@ def evaluate_run(run_dir: str | Path, split: str = "test") -> dict[str, Any]:
     total, trainable = _count(model)
     summary = {"name": cfg.name, "dataset": dm.spec.name, "model": cfg.model.name, "parameters": total,
                "trainable parameters": trainable, "skipped_cases": dm.bad_cases}
-    write_report(run_dir, dm.spec, preds, metrics, summary, split=split)
+    write_report(eval_dir_for(run_dir, split), dm.spec, preds, metrics, summary, split=split)
     return metrics
