@@ -79,7 +79,7 @@ def _rss_mb() -> float:
         return int(f.read().split()[1]) * resource.getpagesize() / 2**20
 
 
-def _train_step_child(name: str, steps: int, batch: int) -> dict[str, float]:
+def _train_step_child(name: str, steps: int, batch: int, grad_checkpointing: bool = False) -> dict[str, float]:
     """In a fresh process: seconds per SGD training step and memory (peak RSS, and its growth during training)."""
     from mmdiag import create_model
     from mmdiag.training.losses import MultiTaskLoss
@@ -87,7 +87,8 @@ def _train_step_child(name: str, steps: int, batch: int) -> dict[str, float]:
     logging.disable(logging.WARNING)
     torch.manual_seed(0)
     spec = _small_spec()
-    model = create_model(name, spec=spec, vfm=SMALL_VFM).train()
+    extra = {"grad_checkpointing": True} if grad_checkpointing else {}
+    model = create_model(name, spec=spec, vfm=SMALL_VFM, **extra).train()
     loss_fn = MultiTaskLoss(spec.tasks)
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3, momentum=0.95)
     x = {m: torch.rand(batch, 3, 224, 224) for m in spec.modalities}
@@ -113,14 +114,15 @@ def _train_rows(steps: int = 3, batch: int = 8) -> list[dict[str, Any]]:
     from mmdiag import list_models
 
     rows = []
-    for name in ["ei", "coscat"]:
+    for name, ckpt in [("ei", False), ("ei", True), ("coscat", False)]:
+        label = name + (" + grad_checkpointing" if ckpt else "")
         if name not in list_models():
             gap = "not registered (src/mmdiag/models/nets/ei.py missing when the benchmark ran)"
-            rows.append({"kind": "train", "method": name, "gap": gap})
+            rows.append({"kind": "train", "method": label, "gap": gap})
             continue
         with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
-            measured = pool.submit(_train_step_child, name, steps, batch).result()
-        rows.append({"kind": "train", "method": name, **measured})
+            measured = pool.submit(_train_step_child, name, steps, batch, ckpt).result()
+        rows.append({"kind": "train", "method": label, **measured})
     return rows
 
 

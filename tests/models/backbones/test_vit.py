@@ -425,3 +425,29 @@ def test_quick_gelu_and_attention_layer():
     with torch.no_grad():
         expected = ref_attention(x, attn.qkv.weight, attn.qkv.bias, attn.proj.weight, attn.proj.bias, 4)
         torch.testing.assert_close(attn(x), expected, atol=1e-5, rtol=1e-4)
+
+
+def test_grad_checkpointing_gives_the_same_gradients():
+    import torch
+
+    from mmdiag import create_model
+
+    torch.manual_seed(0)
+    plain = create_model("tiny_dinov2_reg", num_classes=3).train()
+    ckpt = create_model("tiny_dinov2_reg", num_classes=3, grad_checkpointing=True).train()
+    ckpt.load_state_dict(plain.state_dict())
+    x = torch.rand(2, 3, 28, 28)
+    plain(x).square().sum().backward()
+    ckpt(x).square().sum().backward()
+    for (name, a), b in zip(plain.named_parameters(), ckpt.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, msg=name)
+    assert all(blk.grad_checkpointing for blk in ckpt.blocks)
+    ei = create_model("ei_unimodal", spec=_two_views(), modality="a", vfm="tiny_dinov2", grad_checkpointing=True)
+    assert all(blk.grad_checkpointing for blk in ei.encoder.vit.blocks)  # EI's option reaches every VFM block
+
+
+def _two_views():
+    from mmdiag.data.schema import DatasetSpec, ImageModality, TaskSpec
+
+    return DatasetSpec(name="toy", modalities={"a": ImageModality(size=(28, 28)), "b": ImageModality(size=(28, 28))},
+                       tasks={"dx": TaskSpec(type="binary", classes=("no", "yes"))})

@@ -36,6 +36,7 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from mmdiag.errors import CheckpointError, ConfigError
 from mmdiag.models._factory import register_model
@@ -94,10 +95,18 @@ class Block(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=act_layer)
         self.ls2 = LayerScale(dim, init_values) if init_values is not None else nn.Identity()
         self.drop_path = DropPath(drop_path)
+        self.grad_checkpointing = False
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.drop_path(self.ls1(self.attn(self.norm1(x))))
         return x + self.drop_path(self.ls2(self.mlp(self.norm2(x))))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """With ``grad_checkpointing`` (training with gradients), the block's activations are recomputed in the
+        backward pass instead of stored (same result, less memory)."""
+        if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint(self._forward, x, use_reentrant=False)
+        return self._forward(x)
 
 
 def resample_pos_embed(pos_embed: torch.Tensor, grid: tuple[int, int], *, antialias: bool = False,
@@ -160,6 +169,8 @@ class VisionTransformer(nn.Module):
             = no projection.
         drop_rate: dropout on the pooled feature before the head.
         drop_path_rate: stochastic depth of the last block, rising linearly from 0 at the first.
+        grad_checkpointing: recompute each block's activations in the backward pass (less memory, about one more
+            forward of compute); :meth:`set_grad_checkpointing` switches it later.
 
     Raises:
         ConfigError: an option is out of range.
@@ -174,7 +185,8 @@ class VisionTransformer(nn.Module):
                  qkv_bias: bool = True, init_values: float | None = None, reg_tokens: int = 0, pre_norm: bool = False,
                  patch_bias: bool = True, act_layer: Literal["gelu", "quick_gelu"] = "gelu", norm_eps: float = 1e-6,
                  dynamic_img_size: bool = False, interpolate_antialias: bool = False, interpolate_offset: float = 0.0,
-                 proj_dim: int | None = None, drop_rate: float = 0.0, drop_path_rate: float = 0.0):
+                 proj_dim: int | None = None, drop_rate: float = 0.0, drop_path_rate: float = 0.0,
+                 grad_checkpointing: bool = False):
         super().__init__()
         if img_size % patch_size:
             raise ConfigError(f"img_size={img_size} is not a multiple of patch_size={patch_size}; use "
@@ -203,6 +215,7 @@ class VisionTransformer(nn.Module):
         self.blocks = nn.ModuleList([
             Block(embed_dim, num_heads, mlp_ratio, qkv_bias=qkv_bias, init_values=init_values, act_layer=act,
                   norm_eps=norm_eps, drop_path=drop_path_rate * i / max(depth - 1, 1)) for i in range(depth)])
+        self.set_grad_checkpointing(grad_checkpointing)
         self.norm = nn.LayerNorm(embed_dim, eps=norm_eps)
         self.head_drop = nn.Dropout(drop_rate)
         self.projection = nn.Linear(embed_dim, proj_dim, bias=False) if proj_dim else nn.Identity()
@@ -279,6 +292,11 @@ class VisionTransformer(nn.Module):
             reg = self.reg_token.expand(tokens.shape[0], -1, -1)
             tokens = torch.cat([tokens[:, :1], reg, tokens[:, 1:]], dim=1)
         return self.norm_pre(tokens)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute every block's activations in the backward pass (timm's name)."""
+        for blk in self.blocks:
+            blk.grad_checkpointing = enable
 
     def forward_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         """Run every block then the final norm on a token sequence ``(B, L, C)`` (extra tokens allowed)."""

@@ -59,7 +59,8 @@ __all__ = ["UnimodalVFM", "EI", "EIBranches", "VFM_OPTIONS"]
 _log = logging.getLogger(__name__)
 
 
-VFM_OPTIONS = ("vfm", "vfm_checkpoint", "vfm_peft", "vfm_peft_options", "vfm_options", "input_norm", "slices")
+VFM_OPTIONS = ("vfm", "vfm_checkpoint", "vfm_peft", "vfm_peft_options", "vfm_options", "input_norm", "slices",
+               "grad_checkpointing")
 """Options shared by :class:`EI` and its unimodal pre-adaptation model (``ei_unimodal``); a stage-1 run built with the
 same values has exactly the state-dict layout of an EI branch."""
 
@@ -103,6 +104,7 @@ class UnimodalVFM(MultimodalModel):
             the VFM's own pretraining statistics, ``none`` leaves inputs as they come (normalised by the data spec).
         slices: per modality name, the number of slices packed in its channels (default: ``C/3`` when ``C`` is a
             multiple of 3, else ``C`` grey slices).
+        grad_checkpointing: recompute the VFM blocks' activations in the backward pass (less memory, same result).
 
     Raises:
         ConfigError: an unknown modality, a non-image modality, a VFM that is not a ViT, or a slice layout that does
@@ -112,7 +114,8 @@ class UnimodalVFM(MultimodalModel):
     def __init__(self, spec: DatasetSpec, modality: str, vfm: str = DEFAULT_VFM,
                  vfm_checkpoint: str | os.PathLike | None = None, vfm_peft: str = "mor",
                  vfm_peft_options: Mapping[str, Any] | None = None, vfm_options: Mapping[str, Any] | None = None,
-                 input_norm: InputNormMode = "clip", slices: Mapping[str, int] | None = None):
+                 input_norm: InputNormMode = "clip", slices: Mapping[str, int] | None = None,
+                 grad_checkpointing: bool = False):
         if modality not in spec.modalities:
             raise ConfigError(f"model.options.modality={modality!r}; the dataset has {list(spec.modalities)}")
         unknown = sorted(set(slices or {}) - set(spec.modalities))
@@ -121,7 +124,7 @@ class UnimodalVFM(MultimodalModel):
         super().__init__(spec, [modality])
         self.modality = modality
         self.encoder = VFMEncoder(vfm, spec.modalities[modality], modality, vfm_peft, dict(vfm_peft_options or {}),
-                                  dict(vfm_options or {}), input_norm=input_norm,
+                                  {**(vfm_options or {}), "grad_checkpointing": grad_checkpointing}, input_norm=input_norm,
                                   slices=(slices or {}).get(modality))
         self.vfm_checkpoint = vfm_checkpoint
         self.num_features = self.encoder.num_features
@@ -227,7 +230,8 @@ class EI(MultimodalModel):
                  init_runs: Mapping[str, str | os.PathLike] | None = None, vfm: str = DEFAULT_VFM,
                  vfm_checkpoint: str | os.PathLike | None = None, vfm_peft: str = "mor",
                  vfm_peft_options: Mapping[str, Any] | None = None, vfm_options: Mapping[str, Any] | None = None,
-                 input_norm: InputNormMode = "clip", slices: Mapping[str, int] | None = None):
+                 input_norm: InputNormMode = "clip", slices: Mapping[str, int] | None = None,
+                 grad_checkpointing: bool = False):
         modalities = list(spec.modalities)
         other = [m for m, v in spec.modalities.items() if v.kind == "tabular"]
         if other or len(modalities) < 2:
@@ -242,7 +246,7 @@ class EI(MultimodalModel):
         self.init_runs = dict(init_runs or {})
         self.vfm_checkpoint = vfm_checkpoint
         branch = {"vfm": vfm, "vfm_peft": vfm_peft, "vfm_peft_options": vfm_peft_options, "vfm_options": vfm_options,
-                  "input_norm": input_norm, "slices": slices}
+                  "input_norm": input_norm, "slices": slices, "grad_checkpointing": grad_checkpointing}
         self.tasks = dict(spec.tasks)
         self.aux = nn.ModuleDict({m: UnimodalVFM(spec, m, **branch) for m in self.modalities})
         self.primary = nn.ModuleDict({m: UnimodalVFM(spec, m, **branch) for m in self.modalities})
