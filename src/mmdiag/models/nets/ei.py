@@ -124,7 +124,8 @@ class UnimodalVFM(MultimodalModel):
         super().__init__(spec, [modality])
         self.modality = modality
         self.encoder = VFMEncoder(vfm, spec.modalities[modality], modality, vfm_peft, dict(vfm_peft_options or {}),
-                                  {**(vfm_options or {}), "grad_checkpointing": grad_checkpointing}, input_norm=input_norm,
+                                  {**(vfm_options or {}), **({"grad_checkpointing": True} if grad_checkpointing else {})},
+                                  input_norm=input_norm,
                                   slices=(slices or {}).get(modality))
         self.vfm_checkpoint = vfm_checkpoint
         self.num_features = self.encoder.num_features
