@@ -13,6 +13,7 @@ __all__ = [
     "CheckpointError",
     "NonFiniteLossError",
     "close_matches",
+    "did_you_mean",
 ]
 
 
@@ -26,6 +27,12 @@ def close_matches(word: str, options: Iterable[str], n: int = 3) -> list[str]:
     lowered = {o.lower(): o for o in options}
     hits = difflib.get_close_matches(word.lower(), list(lowered), n=n, cutoff=0.5)
     return [lowered[h] for h in hits]
+
+
+def did_you_mean(word: str, options: Iterable[str]) -> str:
+    """``"; did you mean 'a', 'b'?"`` for the options closest to ``word``, or ``""`` when none is close."""
+    hint = close_matches(word, options)
+    return f"; did you mean {', '.join(map(repr, hint))}?" if hint else ""
 
 
 class UnknownNameError(MmdiagError, KeyError):

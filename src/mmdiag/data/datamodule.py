@@ -22,7 +22,7 @@ from mmdiag.data.splits import Split, make_split, stratum_names
 from mmdiag.data.table import CaseTable
 from mmdiag.data.tabular import TabularEncoder
 from mmdiag.data.transforms import build_volume_transform
-from mmdiag.errors import ConfigError, close_matches
+from mmdiag.errors import ConfigError, did_you_mean
 
 __all__ = ["MultimodalDataModule", "datamodule_for"]
 
@@ -52,9 +52,8 @@ class MultimodalDataModule(L.LightningDataModule):
         self.spec = table.spec.restrict(self.modalities)
         for m in cfg.modality_dropout:
             if m not in self.modalities:
-                hint = close_matches(m, self.modalities)
                 raise ConfigError(f"data.modality_dropout.{m}: {m!r} is not a modality of this run"
-                                  + (f"; did you mean {', '.join(map(repr, hint))}?" if hint else "")
+                                  + did_you_mean(m, self.modalities)
                                   + f" (modalities: {self.modalities})")
         self.split = split
         self.encoder_state = encoder_state

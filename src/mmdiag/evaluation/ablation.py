@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 
 from mmdiag.data.schema import DatasetSpec
-from mmdiag.errors import ConfigError, close_matches
+from mmdiag.errors import ConfigError, did_you_mean
 from mmdiag.evaluation.predict import Predictions, predict_loader
 from mmdiag.evaluation.report import evaluate_predictions, fmt, write_predictions_csv
 from mmdiag.io.atomic import atomic_write_text
@@ -77,9 +77,7 @@ def resolve_without(names: Sequence[str] | None, read: Sequence[str], spec: Data
         return list(read)
     for n in names:
         if n not in spec.modalities:
-            hint = close_matches(n, [*read, ALL])
-            raise ConfigError(f"--without {n!r} is not a modality of the run"
-                              + (f"; did you mean {', '.join(repr(h) for h in hint)}?" if hint else "")
+            raise ConfigError(f"--without {n!r} is not a modality of the run" + did_you_mean(n, [*read, ALL])
                               + f" (the model reads {list(read)}; or give {ALL!r})")
         if n not in read:
             raise ConfigError(f"--without {n!r}: the model does not read modality {n!r}, so removing it changes "

@@ -21,7 +21,7 @@ from mmdiag.data.manifest import ManifestDataset, read_dataset_yaml, read_manife
 from mmdiag.data.schema import DatasetSpec, TabularModality
 from mmdiag.data.tabular import TabularEncoder
 from mmdiag.data.transforms import BatchTransform
-from mmdiag.errors import ConfigError, DataError, close_matches
+from mmdiag.errors import ConfigError, DataError, did_you_mean
 from mmdiag.evaluation.predict import predict_loader
 from mmdiag.evaluation.report import write_predictions_csv
 from mmdiag.io.checkpoint import load_checkpoint
@@ -103,13 +103,13 @@ def case_frame(spec: DatasetSpec, case: Mapping[str, Any], where: str = "case") 
         name = key.split(".", 1)[0]
         if name not in spec.modalities:
             raise DataError(f"{where} {key!r}: the run has modalities {list(spec.modalities)}"
-                            + _did_you_mean(name, spec.modalities))
+                            + did_you_mean(name, spec.modalities))
         m = spec.modalities[name]
         if isinstance(m, TabularModality):
             field = key.split(".", 1)[1] if "." in key else ""
             if field not in m.fields:
                 raise DataError(f"{where} {key!r}: record {name!r} has fields {list(m.fields)} (write "
-                                f"{name}.FIELD)" + _did_you_mean(field, m.fields))
+                                f"{name}.FIELD)" + did_you_mean(field, m.fields))
             row[m.fields[field].column or field] = str(value)
         else:
             row[m.column or name] = str(value)
@@ -121,10 +121,6 @@ def case_frame(spec: DatasetSpec, case: Mapping[str, Any], where: str = "case") 
             row.setdefault(m.column or name, "")
     return pd.DataFrame([row])
 
-
-def _did_you_mean(word: str, choices: Any) -> str:
-    hint = close_matches(word, list(choices))
-    return f"; did you mean {', '.join(repr(h) for h in hint)}?" if hint else ""
 
 
 def _cli_case(items: list[str]) -> dict[str, str]:

@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 from scipy.stats import ttest_rel
 
+from mmdiag.errors import ConfigError, DataError, did_you_mean
+
 __all__ = ["mean_std", "fold_summary", "paired_ttest", "bootstrap_ci"]
 
 logger = logging.getLogger(__name__)
@@ -182,8 +184,6 @@ def summarize_runs(run_dirs: Sequence[str | os.PathLike], metrics: Sequence[str]
         DataError: a folder holds no finished run.
         ConfigError: a metric that is not a key of the run's ``metrics.json`` ``mean`` (close matches offered).
     """
-    from mmdiag.errors import ConfigError, DataError, close_matches
-
     rows = []
     for run in map(Path, run_dirs):
         found = sorted(run.glob("*/metrics.json")) if not (run / "metrics.json").is_file() else [run / "metrics.json"]
@@ -192,9 +192,7 @@ def summarize_runs(run_dirs: Sequence[str | os.PathLike], metrics: Sequence[str]
         data = json.loads(found[-1].read_text())
         for m in metrics:
             if m not in data["mean"]:
-                hint = close_matches(m, list(data["mean"]))
-                raise ConfigError(f"--metrics {m!r} is not a metric of {found[-1]}"
-                                  + (f"; did you mean {', '.join(map(repr, hint))}?" if hint else "")
+                raise ConfigError(f"--metrics {m!r} is not a metric of {found[-1]}" + did_you_mean(m, data["mean"])
                                   + f" (its mean metrics: {', '.join(sorted(data['mean']))})")
         rows.append({"run": run.name, "dataset": data.get("run", {}).get("dataset", "?"),
                      **{m: data["mean"].get(m, math.nan) for m in metrics}})

@@ -12,7 +12,7 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
-from mmdiag.errors import ConfigError, close_matches
+from mmdiag.errors import ConfigError, did_you_mean
 from mmdiag.registry import MODELS
 
 __all__ = ["list_models", "register_model", "register_multimodal", "is_multimodal", "model_options", "check_options"]
@@ -91,9 +91,7 @@ def check_options(name: str, options: dict[str, Any], where: str = "model.option
         return
     parts = []
     for k in bad:
-        hint = close_matches(k, valid)
-        parts.append(f"{where}.{k}={options[k]!r}: model {name!r} has no option {k!r}"
-                     + (f"; did you mean {', '.join(repr(h) for h in hint)}?" if hint else ""))
+        parts.append(f"{where}.{k}={options[k]!r}: model {name!r} has no option {k!r}" + did_you_mean(k, valid))
     raise ConfigError("; ".join(parts) + f" (valid options: {', '.join(sorted(valid))})")
 
 

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from mmdiag.models.backbones.remixformer_clinical import CSF, ClinicalBranch
-from mmdiag.models.layers.attention import CrossAttentionBlock
+from mmdiag.models.layers.attention import Attention
 
 
 def test_multihead_attention_state_converts_and_keeps_the_output():
@@ -16,7 +16,7 @@ def test_multihead_attention_state_converts_and_keeps_the_output():
     old = {f"csf.norm_{n}.{p}": t for n in "gl" for p, t in getattr(csf, f"norm_{n}").state_dict().items()}
     old.update({f"csf.attn_lg.{k}": v for k, v in old_lg.state_dict().items()})
     old.update({f"csf.attn_gl.{k}": v for k, v in old_gl.state_dict().items()})
-    new = CrossAttentionBlock.convert_all_multihead_states(old)
+    new = Attention.convert_multihead_state(old)
     csf.load_state_dict({k[len("csf."):]: v for k, v in new.items()}, strict=True)
     g_cls, l_cls = torch.randn(2, dim), torch.randn(2, dim)
     g_patch, l_patch = torch.randn(2, 5, dim), torch.randn(2, 7, dim)

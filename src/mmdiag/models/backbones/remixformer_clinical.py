@@ -26,7 +26,7 @@ from mmdiag.errors import ConfigError
 from mmdiag.models._factory import register_model
 from mmdiag.models.backbones.swin import IMAGENET_MEAN, IMAGENET_STD, SwinTransformer
 from mmdiag.models.backbones.swin import checkpoint_filter_fn as swin_filter
-from mmdiag.models.layers.attention import Attention, CrossAttentionBlock
+from mmdiag.models.layers.attention import Attention
 
 __all__ = ["LSM", "CSF", "ClinicalBranch", "RemixFormerC", "sample_positions", "expectation_with_replacement",
            "expectation_without_replacement", "crop_boxes", "extract_crops", "tiny_clinical_branch"]
@@ -337,7 +337,7 @@ class ClinicalBranch(nn.Module):
         initialisation (logged). A state dict already in the branch's names is returned as is (runs written before
         CSF used the shared attention get its names)."""
         if "patch_embed.proj.weight" not in state_dict:
-            return CrossAttentionBlock.convert_all_multihead_states(dict(state_dict))
+            return Attention.convert_multihead_state(dict(state_dict))
         last = len(model.global_encoder.layers) - 1
         swin = swin_filter(state_dict, model.global_encoder)
         out = {f"global_encoder.{k}": v for k, v in swin.items()}
@@ -386,7 +386,7 @@ class RemixFormerC(nn.Module):
         """A Swin checkpoint initialises the branch (:meth:`ClinicalBranch.checkpoint_filter_fn`); the head stays.
         Earlier runs' ``nn.MultiheadAttention`` names in CSF are renamed."""
         if "patch_embed.proj.weight" not in state_dict:
-            return CrossAttentionBlock.convert_all_multihead_states(dict(state_dict))
+            return Attention.convert_multihead_state(dict(state_dict))
         out = {f"branch.{k}": v for k, v in ClinicalBranch.checkpoint_filter_fn(state_dict, model.branch).items()}
         out.update({k: v for k, v in model.state_dict().items() if k.startswith("head.")})
         return out

@@ -85,6 +85,20 @@ class Attention(nn.Module):
                 out[f"{prefix}qkv.{t}"] = torch.cat([out.pop(n) for n in names])
         return out
 
+    @staticmethod
+    def convert_multihead_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Rename every ``nn.MultiheadAttention`` in ``state`` (a prefix holding ``in_proj_weight``; earlier mmdiag
+        versions) to :class:`Attention` names: ``in_proj_*`` → ``qkv.*``, ``out_proj.*`` → ``proj.*`` (the same
+        ``[q; k; v]`` packing)."""
+        names = {"in_proj_weight": "qkv.weight", "in_proj_bias": "qkv.bias", "out_proj.weight": "proj.weight",
+                 "out_proj.bias": "proj.bias"}
+        prefixes = [k[:-len("in_proj_weight")] for k in state if k.endswith("in_proj_weight")]
+        out = {}
+        for k, v in state.items():
+            prefix = next((p for p in prefixes if k.startswith(p) and k[len(p):] in names), None)
+            out[k if prefix is None else prefix + names[k[len(prefix):]]] = v
+        return out
+
 
 def key_padding_to_mask(pad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """A key-padding mask ``(B, S)`` (``True`` = ignore) as an attention mask ``(B, 1, 1, S)`` (``True`` = may attend)
@@ -121,21 +135,3 @@ class CrossAttentionBlock(nn.Module):
         q = q + update
         return q + self.mlp(self.norm2(q))
 
-    @staticmethod
-    def convert_all_multihead_states(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """:meth:`convert_multihead_state` at every prefix that holds an ``nn.MultiheadAttention``
-        (``<prefix>in_proj_weight``)."""
-        out = dict(state)
-        for key in state:
-            if key.endswith("in_proj_weight"):
-                out = CrossAttentionBlock.convert_multihead_state(out, key[:-len("in_proj_weight")])
-        return out
-
-    @staticmethod
-    def convert_multihead_state(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-        """Rename an ``nn.MultiheadAttention`` at ``prefix`` (earlier mmdiag versions) to :class:`Attention` names
-        (same ``[q; k; v]`` packing)."""
-        names = {"in_proj_weight": "qkv.weight", "in_proj_bias": "qkv.bias", "out_proj.weight": "proj.weight",
-                 "out_proj.bias": "proj.bias"}
-        return {(prefix + names[k[len(prefix):]] if k.startswith(prefix) and k[len(prefix):] in names else k): v
-                for k, v in state.items()}

@@ -21,7 +21,7 @@ from mmdiag.errors import ConfigError
 from mmdiag.models._factory import register_multimodal
 from mmdiag.models.contract import MultimodalModel
 from mmdiag.models.backbones.encoders import build_encoder, explain_entries
-from mmdiag.models.layers.attention import CrossAttentionBlock
+from mmdiag.models.layers.attention import Attention, CrossAttentionBlock
 from mmdiag.models.layers.heads import TaskHeads
 from mmdiag.models.layers.presence import presence_mask
 
@@ -208,7 +208,7 @@ class MiddleFusion(MultimodalModel):
         for k, v in state_dict.items():
             old = next((o for o in moves if k.startswith(o)), None)
             out[moves[old] + k[len(old):] if old else k] = v
-        return CrossAttentionBlock.convert_multihead_state(out, "block.attn.")
+        return Attention.convert_multihead_state(out)
 
 
 @register_multimodal(options=Unimodal)

@@ -32,7 +32,7 @@ from mmdiag.models.backbones.remixformer_clinical import ClinicalBranch
 from mmdiag.models.backbones.remixformer_dermoscopy import DermoscopyBranch
 from mmdiag.models.backbones.vit import VisionTransformer
 from mmdiag.models.contract import MultimodalModel
-from mmdiag.models.layers.attention import Attention, CrossAttentionBlock
+from mmdiag.models.layers.attention import Attention
 from mmdiag.models.layers.heads import TaskHeads
 from mmdiag.models.layers.presence import presence_mask
 
@@ -249,7 +249,7 @@ class RemixFormerPP(MultimodalModel):
     def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: RemixFormerPP) -> dict[str, torch.Tensor]:
         """Runs written before the cross-attention was shared (CMF units and the clinical branch's CSF holding an
         ``nn.MultiheadAttention``, ``...in_proj_weight``) are renamed to the shared attention's names."""
-        return CrossAttentionBlock.convert_all_multihead_states(dict(state_dict))
+        return Attention.convert_multihead_state(dict(state_dict))
 
     def forward_features(self, inputs: dict[str, torch.Tensor], present=None) -> torch.Tensor:
         g: dict[str, torch.Tensor] = {}
