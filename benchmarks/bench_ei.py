@@ -13,6 +13,8 @@ from typing import Any
 
 import torch
 
+from benchmarks.timing import forward_seconds
+
 TITLE = "EI and the Table 3 baselines: parameters, CPU training step, inference latency"
 
 BASELINES = ["coscat", "dynmm", "mm_mil", "sfusion", "raddiag", "mmrad", "mm_mil_mor", "mmrad_mor", "unimodel"]
@@ -137,14 +139,7 @@ def _latency_rows(repeats: int = 5) -> list[dict[str, Any]]:
     for name in _methods():
         torch.manual_seed(0)
         model = create_model(name, spec=spec, vfm=SMALL_VFM).eval()
-        times = []
-        with torch.no_grad():
-            model(x)
-            for _ in range(repeats):
-                start = time.perf_counter()
-                model(x)
-                times.append(time.perf_counter() - start)
-        rows.append({"kind": "latency", "method": name, "seconds": min(times)})
+        rows.append({"kind": "latency", "method": name, "seconds": min(forward_seconds(model, x, repeats))})
     logging.disable(logging.NOTSET)
     return rows
 

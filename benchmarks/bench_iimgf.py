@@ -12,6 +12,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from benchmarks.timing import forward_seconds
+
 TITLE = "IIMGF-Net: parameters, MACs, CPU latency and training step (two 224² images)"
 
 AUTHORS_REGISTERED = 43_773_464  # the authors' IIMGF module, notes §1c (13,480,936 of them never reach the output)
@@ -56,14 +58,7 @@ def count_macs(model: nn.Module, inputs: dict[str, torch.Tensor]) -> int:
 
 def _latency(model: nn.Module, batch: int, reps: int = 3) -> float:
     x = {m: torch.rand(batch, 3, 224, 224) for m in ("clinical", "dermoscopy")}
-    with torch.no_grad():
-        model(x)
-        times = []
-        for _ in range(reps):
-            start = time.perf_counter()
-            model(x)
-            times.append(time.perf_counter() - start)
-    return min(times)
+    return min(forward_seconds(model, x, reps))
 
 
 def _train_step(model: nn.Module, spec, batch: int = 8, reps: int = 2) -> float:

@@ -20,6 +20,8 @@ from typing import Any
 
 import torch
 
+from benchmarks.timing import forward_seconds
+
 log = logging.getLogger(__name__)
 
 TITLE = "MMCAF-Net image side on [1, 1, 12, 192, 192]: CPU forward, training step, peak memory, cost per module"
@@ -50,14 +52,7 @@ def _measure_child(stage: str) -> dict[str, float]:
     """Forward and training-step seconds and peak RSS of one stage's model, in this (fresh) process."""
     model = _build(stage)
     x = _inputs()
-    times = []
-    model.eval()
-    with torch.no_grad():
-        model(x)
-        for _ in range(REPEATS):
-            start = time.perf_counter()
-            model(x)
-            times.append(time.perf_counter() - start)
+    times = forward_seconds(model.eval(), x, REPEATS)
     model.train()
     if stage == "fusion":  # MSCA's BatchNorm1d (authors' design) needs two cases in training
         x = {k: torch.cat([v, v]) for k, v in x.items()}
