@@ -15,7 +15,8 @@ from mmdiag.errors import MmdiagError
 __all__ = ["main", "build_parser", "VERB_MODULES"]
 
 # Further verbs live in their own modules, each with ``register(subparsers)`` adding its parser (fn=...).
-VERB_MODULES: list[str] = ["mmdiag.cli.medmnist", "mmdiag.cli.explain", "mmdiag.cli.robustness", "mmdiag.cli.pretrain"]
+VERB_MODULES: list[str] = ["mmdiag.cli.medmnist", "mmdiag.cli.explain", "mmdiag.cli.robustness", "mmdiag.cli.pretrain",
+                          "mmdiag.cli.serve"]
 
 
 def _train(args: argparse.Namespace) -> int:

@@ -1,6 +1,7 @@
 """Decoding images and volumes to tensors of a modality's declared shape, with an optional on-disk cache.
 
-2D images (PNG, JPEG, TIFF, BMP, ...) are decoded with Pillow; ``.npy``/``.npz`` arrays with NumPy; 3D volumes in
+2D images (PNG, JPEG, TIFF, BMP, ...) are decoded with Pillow, single-frame DICOM files (``.dcm``) with pydicom,
+``.npy``/``.npz`` arrays with NumPy; 3D volumes in
 NIfTI, DICOM series folders and other medical formats through MONAI's ``LoadImage`` (pydicom / nibabel readers).
 Every failure is a :class:`~mmdiag.errors.DataError` naming the case and the file.
 """
@@ -73,6 +74,8 @@ def _decode_2d(path: Path) -> np.ndarray:
     """(H, W, C) or (H, W) array from an image or array file."""
     if path.suffix.lower() in _ARRAY_SUFFIXES:
         return _load_array(path)
+    if path.suffix.lower() == ".dcm":
+        return _decode_dicom_2d(path)
     from PIL import Image
 
     with Image.open(path) as im:
@@ -80,6 +83,19 @@ def _decode_2d(path: Path) -> np.ndarray:
         if im.mode in ("P", "LA", "I;16", "I", "F", "CMYK", "YCbCr"):
             im = im.convert("RGBA" if im.mode in ("P", "LA") else ("RGB" if im.mode in ("CMYK", "YCbCr") else "F"))
         return np.asarray(im)
+
+
+def _decode_dicom_2d(path: Path) -> np.ndarray:
+    """A single-frame DICOM image as float32 (H, W[, C]), rescaled by its slope/intercept, MONOCHROME1 inverted
+    (so that bright means dense, as in MONOCHROME2); the reader then min-max scales it to [0, 1]."""
+    import pydicom
+
+    ds = pydicom.dcmread(path)
+    if int(getattr(ds, "NumberOfFrames", 1) or 1) > 1:
+        raise ValueError(f"it has {ds.NumberOfFrames} frames; a 2D image modality takes a single-frame DICOM")
+    arr = ds.pixel_array.astype(np.float32) * float(getattr(ds, "RescaleSlope", 1) or 1) + float(
+        getattr(ds, "RescaleIntercept", 0) or 0)
+    return arr.max() + arr.min() - arr if getattr(ds, "PhotometricInterpretation", "") == "MONOCHROME1" else arr
 
 
 def _load_array(path: Path) -> np.ndarray:

@@ -38,6 +38,15 @@ class NumericField(_Frozen):
 
     type: Literal["numeric"] = "numeric"
     column: str | None = Field(None, description="manifest column; default: the field name")
+    unit: str | None = Field(None, description="unit shown beside the value (e.g. 'years'); informative only")
+    min: float | None = Field(None, description="smallest valid value; a case below it is a data error")
+    max: float | None = Field(None, description="largest valid value; a case above it is a data error")
+
+    @model_validator(mode="after")
+    def _range(self) -> NumericField:
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min {self.min} is above max {self.max}")
+        return self
 
 
 class CategoricalField(_Frozen):

@@ -117,7 +117,7 @@ def synthetic(n_cases: int = 800, image_size: int = 32, seed: int = 0, with_volu
         "clinical": ImageModality(channels=3, size=(image_size, image_size)),
         "dermoscopy": ImageModality(channels=3, size=(image_size, image_size)),
         "record": TabularModality(fields={
-            "age": NumericField(), "sex": CategoricalField(values=("female", "male")),
+            "age": NumericField(unit="years", min=0, max=120), "sex": CategoricalField(values=("female", "male")),
             "site": CategoricalField(values=("head", "trunk", "limb")), "marker": NumericField()}),
     }
     if with_volume:

@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 import torch
 
-from mmdiag.data.schema import CategoricalField, TabularModality
+from mmdiag.data.schema import CategoricalField, NumericField, TabularModality
 from mmdiag.errors import DataError
 
 __all__ = ["TabularEncoder"]
@@ -25,6 +25,21 @@ def _number(v: Any, field: str, case_id: str) -> float:
     except (TypeError, ValueError):
         raise DataError(f"case {case_id!r}: numeric field {field!r} has value {v!r}, which is not a number "
                         "(leave the cell empty for a missing value)", case_id) from None
+
+
+def _in_range(x: float, f: NumericField, field: str, case_id: str) -> float:
+    """``x`` if it is finite and within the field's declared ``min``/``max``.
+
+    Raises:
+        DataError: naming the case, the field, the value and the valid range.
+    """
+    lo = -math.inf if f.min is None else f.min
+    hi = math.inf if f.max is None else f.max
+    if not math.isfinite(x) or not lo <= x <= hi:
+        unit = f" {f.unit}" if f.unit else ""
+        raise DataError(f"case {case_id!r}: numeric field {field!r} has value {x!r}{unit}, outside its valid range "
+                        f"[{lo}, {hi}]{unit}", case_id)
+    return x
 
 
 class TabularEncoder:
@@ -90,7 +105,7 @@ class TabularEncoder:
                 if _missing(v):
                     out[i + 1] = 1.0
                 else:
-                    x = _number(v, name, case_id)
+                    x = _in_range(_number(v, name, case_id), f, name, case_id)
                     mean, std = self.stats.get(name, (0.0, 1.0))
                     out[i] = (x - mean) / std
                 i += 2

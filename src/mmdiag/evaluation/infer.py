@@ -77,15 +77,20 @@ class Predictor:
         write_predictions_csv(self.spec, preds, out, split="predict")
         return out
 
-    def predict_frame(self, df: pd.DataFrame, root: Path, source: str):
-        """Predictions for the cases of a data frame whose columns follow the run's modalities (paths and fields)."""
+    def dataset(self, df: pd.DataFrame, root: Path, source: str) -> CaseDataset:
+        """The cases of a data frame whose columns follow the run's modalities (paths and fields), encoded as in
+        training (labels optional)."""
         if "case_id" not in df.columns:
             df = df.assign(case_id=[f"case{i}" for i in range(len(df))])
         desc = ManifestDataset(name=self.spec.name, modalities=self.spec.modalities, tasks=self.spec.tasks,
                                manifest=source, patient_id_column=None, split_column=None)
         table = table_from_frame(df, desc, root, source=source, labels_required=False)
-        ds = CaseDataset(table, range(len(table)), self.encoders)
-        loader = DataLoader(ds, batch_size=self.cfg.data.eval_batch_size or self.cfg.data.batch_size,
+        return CaseDataset(table, range(len(table)), self.encoders)
+
+    def predict_frame(self, df: pd.DataFrame, root: Path, source: str):
+        """Predictions for the cases of a data frame (see :meth:`dataset`)."""
+        loader = DataLoader(self.dataset(df, root, source),
+                            batch_size=self.cfg.data.eval_batch_size or self.cfg.data.batch_size,
                             collate_fn=collate_cases)
         return predict_loader(self.model, self.spec, loader, self.transform,
                               "cuda" if torch.cuda.is_available() else "cpu", score=self.cfg.eval.score)

@@ -62,6 +62,7 @@ __all__ = [
     "gradcam_panel",
     "save_gradcam_panel",
     "spatial_layers",
+    "as_rgb",
 ]
 
 _log = logging.getLogger(__name__)
@@ -546,7 +547,7 @@ def spatial_layers(model: nn.Module, inputs: Tensor | Mapping[str, Tensor], pres
     return result
 
 
-def _rgb(image: np.ndarray) -> np.ndarray:
+def as_rgb(image: np.ndarray) -> np.ndarray:
     """(C, H, W) float → (H, W, 3) in [0, 1]: grey images repeated, other channel counts averaged."""
     img = np.clip(image, 0.0, 1.0)
     if img.shape[0] == 3:
@@ -581,7 +582,7 @@ def overlay_heatmap(image: Tensor | np.ndarray, cam: Tensor | np.ndarray, alpha:
     if img.shape[1:] != heat.shape:
         raise ValueError(f"overlay_heatmap: image {img.shape} and map {heat.shape} differ in size")
     jet = colormaps["jet"](np.clip(heat, 0.0, 1.0))[..., :3]
-    out = np.round(255 * ((1 - alpha) * _rgb(img) + alpha * jet)).astype(np.uint8)
+    out = np.round(255 * ((1 - alpha) * as_rgb(img) + alpha * jet)).astype(np.uint8)
     factor = max(1, math.ceil(min_side / min(out.shape[:2])))
     return out.repeat(factor, 0).repeat(factor, 1) if factor > 1 else out
 
@@ -621,7 +622,7 @@ def gradcam_panel(image: Tensor | np.ndarray, cam: Tensor | np.ndarray, title: s
     FigureCanvasAgg(fig)
     heat = np.asarray(cam.detach().cpu() if isinstance(cam, Tensor) else cam, dtype=np.float32)
     overlay = "overlay" if heat.max() > 0 else "overlay (map is zero: no positive evidence)"
-    for i, (sub, data) in enumerate([("image", _rgb(shown)), (overlay, overlay_heatmap(img, heat, alpha, 1))]):
+    for i, (sub, data) in enumerate([("image", as_rgb(shown)), (overlay, overlay_heatmap(img, heat, alpha, 1))]):
         ax = fig.add_subplot(1, 2, i + 1)
         ax.imshow(data)
         ax.set(title=sub, xticks=[], yticks=[])
