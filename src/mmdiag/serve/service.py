@@ -188,9 +188,10 @@ class CaseService:
                 raise UploadError(422, None, f"no input: upload at least one of {self.modalities}")
             try:
                 item = self.predictor.dataset(case_frame(self.spec, case, "upload"), folder, "upload")[0]
-            except MmdiagError as e:
+            except MmdiagError as e:  # a file that passed the header checks but does not decode
                 field = Path(getattr(e, "path", None) or "").stem or None
-                raise UploadError(422, field, str(e).replace(f"{folder}/", "")) from e
+                message = str(e).replace(f"{folder}/", "").replace("case 'case': ", "")
+                raise UploadError(422, field, f"{field}: {message}" if field else message) from e
         finally:
             shutil.rmtree(folder, ignore_errors=True)
         batch = collate_cases([item])
