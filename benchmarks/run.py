@@ -18,7 +18,8 @@ import torch
 
 from mmdiag.io.atomic import atomic_write_text
 
-MODULES = ["bench_foundation", "bench_scan", "bench_medmamba", "bench_ei", "bench_iimgf", "bench_mmcaf", "bench_remixformer"]
+MODULES = ["bench_foundation", "bench_scan", "bench_medmamba", "bench_ei", "bench_iimgf", "bench_mmcaf", "bench_remixformer",
+           "bench_serve"]
 
 
 def _machine() -> str:

@@ -48,3 +48,16 @@ def test_npy_image_hwc_with_more_than_four_channels(tmp_path, channels):
     np.testing.assert_allclose(x.numpy(), arr.transpose(2, 0, 1), atol=1e-6)
     chw = read_image(arr.transpose(2, 0, 1).copy(), spec, case_id="c")  # channels-first stays as it is
     np.testing.assert_allclose(chw.numpy(), arr.transpose(2, 0, 1), atol=1e-6)
+
+
+def test_numeric_field_declared_range_is_enforced_and_named():
+    spec = TabularModality(fields={"age": {"type": "numeric", "unit": "years", "min": 0, "max": 120}})
+    enc = TabularEncoder(spec).fit([{"age": 30}, {"age": 50}])
+    assert enc.encode({"age": 120}, case_id="c1")[0] == pytest.approx((120 - 40) / enc.stats["age"][1])
+    with pytest.raises(DataError, match=r"case 'c2': numeric field 'age' has value 130.0 years, outside its valid "
+                                        r"range \[0(\.0)?, 120(\.0)?\] years"):
+        enc.encode({"age": "130"}, case_id="c2")
+    with pytest.raises(DataError, match="'age' has value inf"):
+        enc.encode({"age": "inf"}, case_id="c3")
+    with pytest.raises(ValueError, match="min 5.0 is above max 1.0"):
+        TabularModality(fields={"x": {"type": "numeric", "min": 5, "max": 1}})

@@ -78,6 +78,7 @@ class CaseService:
                                   f"modality {m!r}; use --explain ig or auto")
             self.methods[m] = (None if explain == "none" else "gradcam" if explain == "gradcam" or
                                (explain == "auto" and m in layers) else "integrated_gradients")
+        self._cams: dict[str, Any] = {}
         self.card = self._model_card()
 
     # ------------------------------------------------------------------ model card
@@ -218,7 +219,7 @@ class CaseService:
         if method == "gradcam":
             from mmdiag.explain.gradcam import GradCAM
 
-            cam = GradCAM(self.model, modality=modality)
+            cam = self._cams.setdefault(modality, GradCAM(self.model, modality=modality))  # resolves its layer once
             heat = cam(norm, present, target=target, task=task).maps[0].detach().cpu().numpy()
             detail = {"layer": cam.layer_name}
         else:
