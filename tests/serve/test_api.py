@@ -42,6 +42,7 @@ def test_health_and_model_card(client, fusion_run):
     card = client.get("/v1/model").json()
     metrics = json.loads((fusion_run / "metrics.json").read_text())
     assert card["model"]["name"] == "middle_fusion" and card["dataset"] == "synthetic" and card["auth"] is False
+    assert card["model"]["paper"] is None and card["model"]["description"].startswith("Middle fusion baseline")
     kinds = {m["name"]: m["kind"] for m in card["modalities"]}
     assert kinds == {"clinical": "image", "dermoscopy": "image", "record": "tabular"}
     clinical = next(m for m in card["modalities"] if m["name"] == "clinical")
@@ -188,3 +189,35 @@ def test_public_host_needs_a_token_file(fusion_run, tmp_path, capsys):
     assert "at least 16 characters" in capsys.readouterr().err
     assert main(["serve", "--run", str(tmp_path), "--port", "1"]) == 2
     assert "not a finished run folder" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def volume_run(tmp_path_factory):
+    """A tiny late-fusion run with the synthetic 3D ``ct`` modality (8 x 16 x 16)."""
+    from mmdiag.config import load_config
+    from mmdiag.training.run import train
+
+    root = tmp_path_factory.mktemp("serve_volume")
+    cfg = load_config(None, [f"output_dir={root}", "model.name=late_fusion", "trainer.max_epochs=1",
+                             "trainer.enable_progress_bar=false", "trainer.early_stopping=null", "data.batch_size=16",
+                             "data.options.n_cases=40", "data.options.image_size=16", "data.options.with_volume=true",
+                             "data.options.volume_size=[8,16,16]"])
+    return train(cfg, root / "run").run_dir
+
+
+@pytest.mark.slow
+def test_nifti_volume_case_equals_mmdiag_predict_and_explains_a_slice(volume_run, tmp_path, capsys, payloads):
+    nii = payloads.nifti((8, 16, 16), compress=True)
+    (tmp_path / "ct.nii.gz").write_bytes(nii)
+    expected = _predict_cli(volume_run, capsys, ct=tmp_path / "ct.nii.gz", **{"record.age": "30"})
+    with TestClient(create_app(CaseService(volume_run, explain="ig", ig_steps=4))) as c:
+        card = c.get("/v1/model").json()
+        ct = next(m for m in card["modalities"] if m["name"] == "ct")
+        assert ct["kind"] == "volume" and ct["formats"] == ["dicom", "nifti", "npy"]
+        r = c.post("/v1/predict", files={"ct": ("scan.bin", nii)}, data={"record.age": "30"})
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["tasks"]["diagnosis"]["probabilities"] == expected["diagnosis"]
+    e = out["explanations"]["ct"]
+    assert e["method"] == "integrated_gradients" and e["slices"] == 8 and 0 <= e["slice"] < 8
+    assert Image.open(io.BytesIO(base64.b64decode(e["map_png"].split(",", 1)[1]))).size == (16, 16)

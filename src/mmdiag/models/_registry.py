@@ -15,10 +15,14 @@ from typing import Any
 from mmdiag.errors import ConfigError, did_you_mean
 from mmdiag.registry import MODELS
 
-__all__ = ["list_models", "register_model", "register_multimodal", "is_multimodal", "model_options", "check_options"]
+__all__ = ["list_models", "register_model", "register_multimodal", "is_multimodal", "model_options", "check_options",
+           "paper_of", "PAPERS"]
 
 
 def _register(fn: Callable | None, multimodal: bool, options: Callable | None, name: str | None, **tags: Any):
+    if tags.get("paper") is not None and tags["paper"] not in PAPERS:
+        raise ValueError(f"paper={tags['paper']!r}: not one of {list(PAPERS)}")
+
     def wrap(f: Callable) -> Callable:
         var_kw = any(p.kind is p.VAR_KEYWORD for p in inspect.signature(f).parameters.values())
         if var_kw and options is None:
@@ -29,25 +33,47 @@ def _register(fn: Callable | None, multimodal: bool, options: Callable | None, n
     return wrap(fn) if fn is not None else wrap
 
 
-def register_model(fn: Callable | None = None, *, options: Callable | tuple[Callable, ...] | None = None, name: str | None = None):
+def register_model(fn: Callable | None = None, *, options: Callable | tuple[Callable, ...] | None = None,
+                   name: str | None = None, paper: str | None = None):
     """Register an image model builder (``num_classes``, ``in_chans``; timm's API).
 
     Args:
         options: where the builder's ``**kwargs`` go (a class or function, or a tuple of them).
+        paper: the paper the model implements (shown in model cards).
     """
-    return _register(fn, False, options, name)
+    return _register(fn, False, options, name, paper=paper)
 
 
 def register_multimodal(fn: Callable | None = None, *, options: Callable | tuple[Callable, ...] | None = None,
-                        name: str | None = None, default_spec: Callable[[int | None], Any] | None = None):
+                        name: str | None = None, default_spec: Callable[[int | None], Any] | None = None,
+                        paper: str | None = None):
     """Register a builder ``f(spec, **options)`` of a :class:`~mmdiag.models.contract.MultimodalModel`.
 
     Args:
         options: where the builder's ``**kwargs`` go.
         default_spec: ``f(num_classes) -> DatasetSpec`` used by ``create_model(name)`` without ``spec``
             (``num_classes`` None: the model's own default tasks).
+        paper: the paper the model implements (shown in model cards).
     """
-    return _register(fn, True, options, name, **({"default_spec": default_spec} if default_spec else {}))
+    return _register(fn, True, options, name, paper=paper,
+                     **({"default_spec": default_spec} if default_spec else {}))
+
+
+# the five papers mmdiag implements; ``paper=`` of the registration decorators takes one of these keys
+PAPERS: dict[str, str] = {
+    "iimgf": "IIMGF-Net: in-depth integration of multi-granularity features from dual modalities for disease "
+             "classification",
+    "remixformer": "RemixFormer++: a multi-modal transformer for skin tumor diagnosis with memory-efficient attention",
+    "mmcaf": "MMCAF-Net: small-lesion-aware multimodal multiscale fusion for lung disease classification",
+    "ei": "EI: early intervention for multimodal imaging based disease recognition",
+    "medmamba": "MedMamba: Vision Mamba for medical image classification",
+}
+
+
+def paper_of(name: str) -> str | None:
+    """The paper a registered model implements (None for baselines and generic backbones)."""
+    key = MODELS.tags(name).get("paper")
+    return None if key is None else PAPERS[key]
 
 
 def is_multimodal(name: str) -> bool:

@@ -84,9 +84,10 @@ class CaseService:
     # ------------------------------------------------------------------ model card
     def _model_card(self) -> dict[str, Any]:
         cfg, spec = self.predictor.cfg, self.spec
+        from mmdiag.models._registry import paper_of
         from mmdiag.registry import MODELS
 
-        doc = (inspect.getdoc(MODELS.get(cfg.model.name)) or "").splitlines() if cfg.model.name in MODELS else []
+        doc = (inspect.getdoc(MODELS.get(cfg.model.name)) or "").splitlines()
         splits = json.loads((self.run_dir / "splits.json").read_text()).get("split", {})
         metrics_path = self.run_dir / "metrics.json"
         metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else None
@@ -94,7 +95,7 @@ class CaseService:
         return {
             "api_version": "v1",
             "run": self.run_dir.resolve().name,
-            "model": {"name": cfg.model.name, "description": doc[0] if doc else "",
+            "model": {"name": cfg.model.name, "description": doc[0] if doc else "", "paper": paper_of(cfg.model.name),
                       "parameters": sum(p.numel() for p in self.model.parameters())},
             "dataset": spec.name,
             "modalities": [self._modality_card(m) for m in self.modalities],

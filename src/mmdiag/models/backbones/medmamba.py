@@ -456,31 +456,31 @@ def _create_medmamba(config: str | None = None, **kwargs: Any) -> MedMamba:
     return MedMamba(**{**(_CONFIGS[config] if config else {}), **kwargs})
 
 
-@register_model(options=MedMamba)
+@register_model(options=MedMamba, paper="medmamba")
 def medmamba(**kwargs: Any) -> MedMamba:
     """MedMamba with the official ``VSSM`` constructor arguments (defaults: the T configuration)."""
     return _create_medmamba(None, **kwargs)
 
 
-@register_model(options=MedMamba)
+@register_model(options=MedMamba, paper="medmamba")
 def medmamba_t(**kwargs: Any) -> MedMamba:
     """MedMamba-T: depths [2,2,4,2], dims 96-768 (15,221,608 parameters at 1000 classes)."""
     return _create_medmamba("t", **kwargs)
 
 
-@register_model(options=MedMamba)
+@register_model(options=MedMamba, paper="medmamba")
 def medmamba_s(**kwargs: Any) -> MedMamba:
     """MedMamba-S: depths [2,2,8,2], dims 96-768 (19,389,544 parameters at 1000 classes; paper: 23.5M, see above)."""
     return _create_medmamba("s", **kwargs)
 
 
-@register_model(options=MedMamba)
+@register_model(options=MedMamba, paper="medmamba")
 def medmamba_b(**kwargs: Any) -> MedMamba:
     """MedMamba-B: depths [2,2,12,2], dims 128-1024 (40,883,688 parameters at 1000 classes; paper: 48.1M)."""
     return _create_medmamba("b", **kwargs)
 
 
-@register_model(options=MedMamba)
+@register_model(options=MedMamba, paper="medmamba")
 def tiny_medmamba(**kwargs: Any) -> MedMamba:
     """Test variant: depths [1,1,2,1], dims 16-128, d_state 4."""
     return _create_medmamba("tiny", **kwargs)

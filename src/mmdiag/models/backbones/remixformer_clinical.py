@@ -420,13 +420,13 @@ _TINY = dict(embed_dim=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 2, 4), window_s
              global_size=64, k_p=2, crop_size=32, csf_heads=4)
 
 
-@register_model(options=(RemixFormerC, ClinicalBranch))
+@register_model(options=(RemixFormerC, ClinicalBranch), paper="remixformer")
 def remixformer_c(**kwargs: Any) -> RemixFormerC:
     """Ours-C: RemixFormer++ clinical branch (CLS-Swin-T, LSM 4 x 224^2 crops of the 896^2 image, CSF) + linear head."""
     return _create({}, kwargs, 896)
 
 
-@register_model(options=(RemixFormerC, ClinicalBranch))
+@register_model(options=(RemixFormerC, ClinicalBranch), paper="remixformer")
 def tiny_remixformer_c(**kwargs: Any) -> RemixFormerC:
     """Test variant of Ours-C: 16-wide CLS-Swin with window 4, 64^2 global view, 2 crops of 32^2 (128^2 input)."""
     return _create(_TINY, kwargs, 128)

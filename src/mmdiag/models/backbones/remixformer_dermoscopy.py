@@ -241,13 +241,13 @@ _TINY = dict(img_size=64, window_size=32, patch_size=8, embed_dim=32, depth=1, n
              num_templates=4, chunk_size=2)
 
 
-@register_model(options=(OursD, DermoscopyBranch))
+@register_model(options=(OursD, DermoscopyBranch), paper="remixformer")
 def remixformer_d(**kwargs: Any) -> OursD:
     """RemixFormer++ Ours-D: ViT-S/16 HRWE on 256² windows of a 1024² image, MSTA (K_s = 32), region encoder."""
     return OursD(**kwargs)
 
 
-@register_model(options=(OursD, DermoscopyBranch))
+@register_model(options=(OursD, DermoscopyBranch), paper="remixformer")
 def tiny_remixformer_d(**kwargs: Any) -> OursD:
     """Test variant: 64² image, 32² windows of 8² patches, width 32, one block per encoder, 4 templates."""
     return OursD(**{**_TINY, **kwargs})

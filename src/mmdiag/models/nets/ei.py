@@ -384,13 +384,13 @@ class EI(MultimodalModel):
         return nll.sum() / rows.sum().clamp_min(1)
 
 
-@register_multimodal(options=EI)
+@register_multimodal(options=EI, paper="ei")
 def ei(spec: DatasetSpec, **kwargs: Any) -> EI:
     """EI (paper 003): [INT] tokens from auxiliary VFMs steer each primary VFM; gated late fusion; MoR adapters."""
     return EI(spec, **kwargs)
 
 
-@register_multimodal(options=UnimodalVFM)
+@register_multimodal(options=UnimodalVFM, paper="ei")
 def ei_unimodal(spec: DatasetSpec, modality: str, **kwargs: Any) -> UnimodalVFM:
     """EI stage 1: one modality's VFM with PEFT (MoR) and task heads, slices max-pooled (unimodal pre-adaptation)."""
     return UnimodalVFM(spec, modality, **kwargs)

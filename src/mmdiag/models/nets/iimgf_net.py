@@ -263,7 +263,7 @@ class IIMGFNet(MultimodalModel):
         return out
 
 
-@register_multimodal(options=IIMGFNet, default_spec=derm7pt_8task_spec)
+@register_multimodal(options=IIMGFNet, default_spec=derm7pt_8task_spec, paper="iimgf")
 def iimgf_net(spec: DatasetSpec, **kwargs: Any) -> IIMGFNet:
     """IIMGF-Net with the authors' settings (VMamba-T s1l8 shared backbone, CMIGF depths 1/1/2, MGC)."""
     return IIMGFNet(spec, **kwargs)

@@ -286,25 +286,25 @@ def _default_spec(num_classes: int) -> DatasetSpec:
         tasks={"diagnosis": TaskSpec(type="binary" if num_classes == 2 else "multiclass", classes=classes)})
 
 
-@register_multimodal(options=MMCAFNet, default_spec=_default_spec)
+@register_multimodal(options=MMCAFNet, default_spec=_default_spec, paper="mmcaf")
 def mmcaf_net(spec: DatasetSpec, **kwargs) -> MMCAFNet:
     """MMCAF-Net (paper 002): PENet-50 + E3D-MSCA/BFPU, KAN record encoder, MSCA + BSF fusion (stage ``fusion``)."""
     return MMCAFNet(spec, **kwargs)
 
 
-@register_multimodal(options=MMCAFNet, default_spec=_default_spec)
+@register_multimodal(options=MMCAFNet, default_spec=_default_spec, paper="mmcaf")
 def mmcaf_cross_attention(spec: DatasetSpec, **kwargs) -> MMCAFNet:
     """Table 3 "Cross-Attention": MMCAF-Net with single-scale cross-attention fusion (the code's ``Simple_Fuse``)."""
     return MMCAFNet(spec, **{"fusion": "cross_attention", **kwargs})
 
 
-@register_multimodal(options=MMCAFNet, default_spec=_default_spec)
+@register_multimodal(options=MMCAFNet, default_spec=_default_spec, paper="mmcaf")
 def mmcaf_clip(spec: DatasetSpec, **kwargs) -> MMCAFNet:
     """Table 3 "CLIP": MMCAF-Net's encoders with CLIP-style aligned fusion (contrastive term + concatenation)."""
     return MMCAFNet(spec, **{"fusion": "clip", **kwargs})
 
 
-@register_multimodal(options=MMCAFNet, default_spec=_default_spec)
+@register_multimodal(options=MMCAFNet, default_spec=_default_spec, paper="mmcaf")
 def tiny_mmcaf_net(spec: DatasetSpec, **kwargs) -> MMCAFNet:
     """Test variant: :func:`mmcaf_net` on ``tiny_penet`` (16 / 32 / 64 channels)."""
     return MMCAFNet(spec, **{"backbone": "tiny_penet", **kwargs})

@@ -268,7 +268,7 @@ class RemixFormerPP(MultimodalModel):
         return self.cmf(g, keys, mask)
 
 
-@register_multimodal(options=RemixFormerPP)
+@register_multimodal(options=RemixFormerPP, paper="remixformer")
 def remixformer_pp(spec: DatasetSpec, **kwargs: Any) -> RemixFormerPP:
     """RemixFormer++ (paper 001): clinical CLS-Swin + LSM + CSF, dermoscopy HRWE + MSTA + region encoder, metadata
     branch, cross-modality fusion; ``use`` picks the subset (C / D / M / CD / CM / DM / CDM)."""
