@@ -39,7 +39,7 @@ def _train(root: Path, overrides: list[str], side: int) -> Path:
     from mmdiag.training.run import train
 
     cfg = load_config(None, [f"output_dir={root}", "trainer.max_epochs=1", "trainer.enable_progress_bar=false",
-                             "trainer.early_stopping=null", "data.batch_size=8", "data.options.n_cases=48",
+                             "trainer.early_stopping=null", "data.batch_size=8", "data.options.n_cases=24",
                              f"data.options.image_size={side}", *overrides])
     return train(cfg, root / "run").run_dir
 

@@ -7,7 +7,7 @@ Construction (deterministic by ``seed``). Each case draws three independent fair
   on a random tinted, noisy background. (Shape rather than position: pooled CNN features are position-blind.)
 * ``dermoscopy`` (2D RGB): a sinusoidal stripe texture, vertical (v = 0) or horizontal (v = 1), random frequency,
   phase, ±15° tilt, tint and noise.
-* ``record`` (tabular): ``marker`` ~ N(2w − 1, 0.35) carries w; ``age`` (numeric), ``sex`` and ``site``
+* ``record`` (tabular): ``marker`` ~ N(2w − 1, 0.35) carries w; ``age`` (years, N(55, 15) clipped to 18–95), ``sex`` and ``site``
   (categorical) are pure noise.
 * ``ct`` (3D, only with ``with_volume=True``): a blob in the upper (w = 0) or lower (w = 1) half of the depth axis —
   the same bit as ``record``, so the volume can stand in for the record.
@@ -100,7 +100,7 @@ def synthetic(n_cases: int = 800, image_size: int = 32, seed: int = 0, with_volu
     y = 4 * u + 2 * v + w
     images = {"clinical": _lesion_images(rng, u, image_size), "dermoscopy": _stripe_images(rng, v, image_size)}
     marker = rng.normal(2 * w - 1, 0.35)
-    age = rng.normal(55, 15, n_cases).round(0)
+    age = rng.normal(55, 15, n_cases).round(0).clip(18, 95)  # within the declared range [0, 120]
     sex = rng.choice(["female", "male"], n_cases)
     site = rng.choice(["head", "trunk", "limb"], n_cases)
     volumes = _blob_volumes(rng, w, volume_size) if with_volume else None
