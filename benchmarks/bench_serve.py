@@ -135,14 +135,16 @@ def run() -> list[dict[str, Any]]:
 
 def to_markdown(rows: list[dict[str, Any]]) -> str:
     load = rows[-1]["load"]
-    lines = ["| model | parameters | requests | errors | requests/s | p50 (s) | p95 (s) | RSS after warm-up (MB) | "
-             "RSS end (MB) | RSS max (MB) | drift Q2→Q4 (MB) |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    header = ("| model | parameters | requests | errors | requests/s | p50 (s) | p95 (s) | RSS after warm-up (MB) | "
+              "RSS end (MB) | RSS max (MB) | drift Q2→Q4 (MB) |")
+    lines = [header, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows[:-1]:
-        lines.append(f"| {r['model']} | {r['parameters']:,} | {r['requests']} | {r['errors']} | {r['throughput']:.2f} | "
-                     f"{r['p50']:.3f} | {r['p95']:.3f} | {r['rss_start']:.0f} | {r['rss_end']:.0f} | "
-                     f"{r['rss_max']:.0f} | {r['drift']:+.1f} |")
+        lines.append(f"| {r['model']} | {r['parameters']:,} | {r['requests']} | {r['errors']} | "
+                     f"{r['throughput']:.2f} | {r['p50']:.3f} | {r['p95']:.3f} | {r['rss_start']:.0f} | "
+                     f"{r['rss_end']:.0f} | {r['rss_max']:.0f} | {r['drift']:+.1f} |")
     return "\n".join(lines) + (
-        f"\n\nMethod: {CLIENTS} client threads on the same machine for {SECONDS:.0f} s per model, each posting one case "
-        "(two PNG images and four record fields, explanation maps on: Grad-CAM per image) in a loop to `mmdiag serve` "
+        f"\n\nMethod: {CLIENTS} client threads on the same machine for {SECONDS:.0f} s per model, each posting one "
+        "case (two PNG images and four record fields, explanation maps on: Grad-CAM per image) in a loop to "
+        "`mmdiag serve` "
         "(one process, one inference thread, CPU); latency is the client's round trip, including waiting in the "
         f"server's queue. The clients share the 2 cores with the server. 1-min load average at the end: {load:.1f}.")

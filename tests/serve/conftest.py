@@ -7,9 +7,8 @@ import gzip
 import io
 import pickle
 import struct
-import zlib
-
 import sys
+import zlib
 
 import numpy as np
 import pytest

@@ -51,7 +51,9 @@ def test_health_and_model_card(client, fusion_run):
     assert (age["unit"], age["min"], age["max"], age["key"]) == ("years", 0, 120, "record.age")
     sex = next(f for m in card["modalities"] if m["kind"] == "tabular" for f in m["fields"] if f["name"] == "sex")
     assert sex["values"] == ["female", "male"]
-    assert card["tasks"][0]["classes"] == list(metrics["tasks"]["diagnosis"].get("classes", card["tasks"][0]["classes"]))
+    spec = json.loads((fusion_run / "dataset_spec.json").read_text())
+    assert card["tasks"] == [{"name": "diagnosis", "type": "multiclass",
+                              "classes": spec["tasks"]["diagnosis"]["classes"]}]
     m = card["metrics"]["tasks"]["diagnosis"]
     assert m["n"] == metrics["tasks"]["diagnosis"]["n"]
     assert m["acc"]["value"] == metrics["tasks"]["diagnosis"]["acc"]
@@ -69,7 +71,8 @@ def test_predict_equals_mmdiag_predict_and_explains_each_image(client, fusion_ru
     (tmp_path / "d.jpg").write_bytes(payloads.jpeg(2))
     expected = _predict_cli(fusion_run, capsys, clinical=tmp_path / "c.png", dermoscopy=tmp_path / "d.jpg",
                             **{"record.age": "61", "record.sex": "male", "record.marker": "0.4"})
-    r = client.post("/v1/predict", files={"clinical": ("x.png", payloads.png(1)), "dermoscopy": ("y", payloads.jpeg(2))},
+    images = {"clinical": ("x.png", payloads.png(1)), "dermoscopy": ("y", payloads.jpeg(2))}
+    r = client.post("/v1/predict", files=images,
                     data={"record.age": "61", "record.sex": "male", "record.marker": "0.4"})
     assert r.status_code == 200, r.text
     out = r.json()

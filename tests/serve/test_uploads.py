@@ -16,9 +16,9 @@ IMAGE = ImageModality(channels=1, size=(16, 16))
 VOLUME = VolumeModality(channels=1, size=(8, 16, 16))
 
 
-def _refused(data, modality, tmp_path, limits=UploadLimits()):
+def _refused(data, modality, tmp_path, limits=None):
     with pytest.raises(UploadError) as e:
-        check_upload("scan", data, modality, tmp_path, limits)
+        check_upload("scan", data, modality, tmp_path, limits or UploadLimits())
     assert e.value.field == "scan" and e.value.message.startswith("scan: ")
     return e.value
 

@@ -6,7 +6,7 @@ import argparse
 import ipaddress
 from pathlib import Path
 
-__all__ = ["register", "read_token"]
+__all__ = ["read_token", "register"]
 
 
 def _is_loopback(host: str) -> bool:

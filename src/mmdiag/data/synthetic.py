@@ -7,8 +7,8 @@ Construction (deterministic by ``seed``). Each case draws three independent fair
   on a random tinted, noisy background. (Shape rather than position: pooled CNN features are position-blind.)
 * ``dermoscopy`` (2D RGB): a sinusoidal stripe texture, vertical (v = 0) or horizontal (v = 1), random frequency,
   phase, ±15° tilt, tint and noise.
-* ``record`` (tabular): ``marker`` ~ N(2w − 1, 0.35) carries w; ``age`` (years, N(55, 15) clipped to 18–95), ``sex`` and ``site``
-  (categorical) are pure noise.
+* ``record`` (tabular): ``marker`` ~ N(2w − 1, 0.35) carries w; ``age`` (years, N(55, 15) clipped to 18–95),
+  ``sex`` and ``site`` (categorical) are pure noise.
 * ``ct`` (3D, only with ``with_volume=True``): a blob in the upper (w = 0) or lower (w = 1) half of the depth axis —
   the same bit as ``record``, so the volume can stand in for the record.
 
@@ -24,13 +24,20 @@ from __future__ import annotations
 
 import numpy as np
 
-from mmdiag.data.schema import (CategoricalField, DatasetSpec, ImageModality, NumericField, TabularModality, TaskSpec,
-                                VolumeModality)
+from mmdiag.data.schema import (
+    CategoricalField,
+    DatasetSpec,
+    ImageModality,
+    NumericField,
+    TabularModality,
+    TaskSpec,
+    VolumeModality,
+)
 from mmdiag.data.table import CaseRecord, CaseTable
 from mmdiag.errors import DataError
 from mmdiag.registry import DATASETS
 
-__all__ = ["synthetic", "CEILINGS"]
+__all__ = ["CEILINGS", "synthetic"]
 
 CEILINGS = {"one modality": 0.25, "two modalities": 0.50, "all three": 0.998}
 CLASSES = tuple(f"u{u}v{v}w{w}" for u in (0, 1) for v in (0, 1) for w in (0, 1))

@@ -15,8 +15,16 @@ from typing import Any
 from mmdiag.errors import ConfigError, did_you_mean
 from mmdiag.registry import MODELS
 
-__all__ = ["list_models", "register_model", "register_multimodal", "is_multimodal", "model_options", "check_options",
-           "paper_of", "PAPERS"]
+__all__ = [
+    "PAPERS",
+    "check_options",
+    "is_multimodal",
+    "list_models",
+    "model_options",
+    "paper_of",
+    "register_model",
+    "register_multimodal",
+]
 
 
 def _register(fn: Callable | None, multimodal: bool, options: Callable | None, name: str | None, **tags: Any):

@@ -124,8 +124,8 @@ def _openapi_form(service: CaseService) -> dict[str, Any]:
                 schema: dict[str, Any] = ({"type": "string", "enum": f["values"]} if f["type"] == "categorical"
                                           else {"type": "number"})
                 if f["type"] == "numeric":
-                    schema |= {k: f[k] for k in ("min", "max") if f[k] is not None}
-                    schema = {("minimum" if k == "min" else "maximum" if k == "max" else k): v for k, v in schema.items()}
+                    schema |= {json_key: f[key] for key, json_key in (("min", "minimum"), ("max", "maximum"))
+                               if f[key] is not None}
                 props[f["key"]] = {**schema, "description": f"record field ({f.get('unit') or 'no unit'})"}
             props[card["name"]] = {"type": "string", "description": "the whole record as a JSON object {field: value}"}
         else:

@@ -32,7 +32,7 @@ from mmdiag.evaluation.infer import Predictor, case_frame
 from mmdiag.evaluation.scores import probabilities
 from mmdiag.serve.uploads import UploadError, UploadLimits, accepted_formats, check_upload
 
-__all__ = ["CaseService", "ExplainMode", "INTENDED_USE"]
+__all__ = ["INTENDED_USE", "CaseService", "ExplainMode"]
 
 ExplainMode = Literal["auto", "gradcam", "ig", "none"]
 INTENDED_USE = ("Research use: a model trained with mmdiag, for showing colleagues what it does on a case. It is not "
@@ -107,11 +107,11 @@ class CaseService:
             "missing_modalities": _ablation_card(self.run_dir / "eval" / "test" / "modality_ablation.csv"),
             "intended_use": INTENDED_USE,
             "limits": [
-                f"Trained on {n_train} cases of {spec.name!r}; how it performs on other populations, devices or "
-                "protocols is unknown.",
+                (f"Trained on {n_train} cases of {spec.name!r}; how it performs on other populations, devices or "
+                 "protocols is unknown."),
                 "It only knows the classes listed; a case of another disease still gets probabilities over these.",
-                "Test metrics come from the run's own test split" + (f" (n = {metrics['tasks'][spec.main_task]['n']})"
-                                                                     if metrics else " (not evaluated)") + ".",
+                "Test metrics come from the run's own test split"
+                + (f" (n = {metrics['tasks'][spec.main_task]['n']})." if metrics else " (not evaluated)."),
                 "Explanation maps show where the model's score is sensitive, not where the disease is.",
             ],
             "upload_limits": {"max_file_bytes": self.limits.max_file_bytes,
@@ -163,7 +163,8 @@ class CaseService:
                 values[name] = raw
         for key, raw in values.items():
             if key not in keys:
-                raise UploadError(422, key, f"{key}: not a field of this model; fields: {keys}" + did_you_mean(key, keys))
+                raise UploadError(422, key, f"{key}: not a field of this model; fields: {keys}"
+                                  + did_you_mean(key, keys))
             m, f_name = key.split(".", 1)
             _check_value(key, tabular[m].fields[f_name], raw)
         return {k: v.strip() for k, v in values.items() if v.strip()}

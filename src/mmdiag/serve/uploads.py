@@ -20,7 +20,7 @@ import numpy as np
 
 from mmdiag.data.schema import ImageModality, Modality
 
-__all__ = ["UploadError", "UploadLimits", "FORMATS", "accepted_formats", "check_upload", "sniff"]
+__all__ = ["FORMATS", "UploadError", "UploadLimits", "accepted_formats", "check_upload", "sniff"]
 
 # content type → (suffix written, modality kinds that take it)
 FORMATS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -109,7 +109,7 @@ def check_upload(field: str, data: bytes, modality: Modality, folder: Path, limi
             count = _nifti_voxels(data)
     except UploadError:
         raise
-    except Exception as e:  # noqa: BLE001 - any header parser failure is a corrupt upload
+    except Exception as e:
         raise UploadError(422, field, f"{field}: not a readable {kind.upper()} file ({type(e).__name__}: {e})") from e
     if count > limit:
         unit = "pixels" if isinstance(modality, ImageModality) else "voxels"
