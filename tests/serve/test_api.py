@@ -60,6 +60,9 @@ def test_health_and_model_card(client, fusion_run):
     assert m["acc"]["ci95"] == metrics["tasks"]["diagnosis"]["ci95"]["acc"]
     assert "not a medical device" in card["intended_use"] and card["limits"]
     assert client.get("/").headers["content-type"].startswith("text/html")
+    docs = client.get("/docs").text  # Swagger UI from the package, nothing from a CDN
+    assert "/docs-assets/swagger-ui-bundle.js" in docs and "https://" not in docs
+    assert client.get("/docs-assets/swagger-ui-bundle.js").status_code == 200
     form = client.get("/openapi.json").json()["paths"]["/v1/predict"]["post"]["requestBody"]["content"]
     props = form["multipart/form-data"]["schema"]["properties"]
     assert props["clinical"]["format"] == "binary" and props["record.sex"]["enum"] == ["female", "male"]

@@ -1,7 +1,8 @@
 """The HTTP face of a :class:`~mmdiag.serve.service.CaseService`: a FastAPI app with a versioned API and the case page.
 
 Routes: ``GET /`` (the case page), ``GET /static/*`` (its files), ``GET /healthz``, ``GET /v1/model`` (the model
-card), ``POST /v1/predict`` (one case), OpenAPI at ``/docs`` and ``/openapi.json``.
+card), ``POST /v1/predict`` (one case), OpenAPI at ``/openapi.json`` and Swagger UI at ``/docs`` (served from the
+swagger-ui-bundle package, so it works offline; FastAPI's default loads it from a CDN).
 
 Protection, in the order a request meets it: the body-size limit (:class:`BodyLimit`, an ASGI middleware: 413 before
 the body is read when ``Content-Length`` says too much, and while streaming when it lies or is absent); the bearer
@@ -22,10 +23,12 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from swagger_ui_bundle import swagger_ui_path
 
 from mmdiag.serve.service import CaseService
 from mmdiag.serve.uploads import UploadError
@@ -147,7 +150,7 @@ def create_app(service: CaseService, *, token: str | None = None, queue_limit: i
     queue = InferenceQueue(queue_limit, timeout)
     app = FastAPI(title=f"mmdiag: {service.card['model']['name']} ({service.card['run']})", version="1",
                   description="Predictions with explanation maps from a trained mmdiag run. Research use only.",
-                  lifespan=_lifespan(queue))
+                  lifespan=_lifespan(queue), docs_url=None, redoc_url=None)
     app.add_middleware(BodyLimit, limit=service.limits.max_request_bytes)
     n_images = sum(card["kind"] != "tabular" for card in service.card["modalities"])
     n_fields = sum(len(card.get("fields", [])) + 1 for card in service.card["modalities"])
@@ -194,6 +197,15 @@ def create_app(service: CaseService, *, token: str | None = None, queue_limit: i
 
     static = resources.files("mmdiag.serve") / "static"
     app.mount("/static", StaticFiles(directory=str(static)), name="static")
+    # Swagger UI from the swagger-ui-bundle package, not FastAPI's default CDN: /docs works offline
+    app.mount("/docs-assets", StaticFiles(directory=swagger_ui_path), name="docs-assets")
+
+    @app.get("/docs", response_class=HTMLResponse, include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title=app.title,
+                                   swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+                                   swagger_css_url="/docs-assets/swagger-ui.css",
+                                   swagger_favicon_url="/docs-assets/favicon-32x32.png")
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page() -> HTMLResponse:
