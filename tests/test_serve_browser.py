@@ -115,7 +115,7 @@ def test_case_page_shows_the_predict_probabilities_and_compares_by_modality(tmp_
     _require_chromium()
     screenshot = os.environ.get("MMDIAG_SCREENSHOT")
     n_cases, size, epochs = (400, 32, 12) if screenshot else (60, 16, 1)  # the picture shows a model that learned
-    run = tmp_path / "run"
+    run = tmp_path / "middle_fusion"
     assert main(["train", "--output", str(run), "model.name=middle_fusion", f"trainer.max_epochs={epochs}",
                  f"data.options.n_cases={n_cases}", f"data.options.image_size={size}",
                  "trainer.enable_progress_bar=false"]) == 0

@@ -107,6 +107,11 @@ async function start() {
   }
   $("auth").hidden = true;
   clear($("load-alert"));
+  if (state.card) {  // the token was asked again mid-session: keep the inputs
+    $("app").hidden = false;
+    $("model-line").textContent = state.card.model.name + " · run " + state.card.run + " · dataset " + state.card.dataset;
+    return;
+  }
   state.card = body;
   build(body);
 }
