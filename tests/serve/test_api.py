@@ -227,3 +227,16 @@ def test_nifti_volume_case_equals_mmdiag_predict_and_explains_a_slice(volume_run
     e = out["explanations"]["ct"]
     assert e["method"] == "integrated_gradients" and e["slices"] == 8 and 0 <= e["slice"] < 8
     assert Image.open(io.BytesIO(base64.b64decode(e["map_png"].split(",", 1)[1]))).size == (16, 16)
+
+
+def test_page_files_are_not_cached_and_the_ablation_table_is_numeric(fusion_run, client):
+    from mmdiag.evaluation.ablation import modality_ablation
+
+    assert client.get("/").headers["cache-control"] == "no-cache"
+    assert client.get("/static/app.js").headers["cache-control"] == "no-cache"
+    assert client.get("/v1/model").json()["missing_modalities"] is None
+    modality_ablation(fusion_run, "test", ["all"])
+    rows = CaseService(fusion_run).card["missing_modalities"]
+    assert [r["condition"] for r in rows] == ["all modalities", "without clinical", "without dermoscopy",
+                                              "without record"]
+    assert all(isinstance(r["n"], int) and isinstance(r["diagnosis.acc"], float) for r in rows)

@@ -170,7 +170,11 @@ def create_app(service: CaseService, *, token: str | None = None, queue_limit: i
 
     @app.middleware("http")
     async def _auth(request: Request, call_next: Callable[[Request], Awaitable[Any]]) -> Any:
-        if token is not None and request.url.path.startswith("/v1/"):
+        if not request.url.path.startswith("/v1/"):
+            response = await call_next(request)
+            response.headers["Cache-Control"] = "no-cache"  # the page's files always match the installed version
+            return response
+        if token is not None:
             given = request.headers.get("authorization", "")
             if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
                 return JSONResponse({"error": {"status": 401, "field": "Authorization",

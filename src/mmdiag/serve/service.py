@@ -300,11 +300,20 @@ def _metrics_card(metrics: dict[str, Any] | None) -> dict[str, Any] | None:
     return {"split": metrics.get("split", "test"), "tasks": tasks}
 
 
-def _ablation_card(path: Path) -> list[dict[str, str]] | None:
+def _ablation_card(path: Path) -> list[dict[str, Any]] | None:
+    """Rows of ``mmdiag eval --without all``'s table, numbers as numbers (NaN as null)."""
     if not path.is_file():
         return None
     with path.open(newline="") as f:
-        return list(csv.DictReader(f))
+        return [{k: _number_or_text(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def _number_or_text(text: str) -> float | int | str | None:
+    try:
+        x = float(text)
+    except ValueError:
+        return text
+    return None if math.isnan(x) else int(x) if x.is_integer() and "." not in text else x
 
 
 def _rgb_uint8(image: np.ndarray) -> np.ndarray:

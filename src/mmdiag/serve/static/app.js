@@ -31,6 +31,7 @@ function el(tag, attrs, ...children) {
 function clear(node) { node.replaceChildren(); return node; }
 function pct(p) { return (100 * p).toFixed(1) + " %"; }
 function fmt(x, digits = 3) {
+  if (x === null || x === undefined) return "—";
   const n = typeof x === "number" ? x : Number(x);
   return Number.isFinite(n) && String(x).trim() !== "" ? (Number.isInteger(n) ? String(n) : n.toFixed(digits)) : String(x);
 }
