@@ -56,7 +56,7 @@ class _Args(ctypes.Structure):
     """Mirror of ``scan_args`` in ``_scan_kernels.c``."""
 
     _fields_ = [
-        *((name, ctypes.c_int64) for name in ("b", "d", "l", "n", "g", "nblk", "per", "softplus", "has_z", "keep")),
+        *((name, ctypes.c_int64) for name in ("b", "d", "l", "n", "g", "nblk", "per", "softplus", "has_z", "keep", "merge")),
         *((name, ctypes.c_void_p) for name in ("u", "delta", "bias", "A", "B", "C", "D", "z", "y", "ckpt", "last")),
         *((name, ctypes.c_void_p) for name in ("dy", "dlast", "du", "ddelta", "dz", "dA", "dD", "dbias", "dB", "dC")),
         ("pos", ctypes.c_void_p),
@@ -192,7 +192,7 @@ def _args(inputs: tuple, ckpts: list[Tensor], pos: Tensor | None, **fields) -> t
     table, and sizes, flags and output tensors by field name; tensors in ``_VIEWS`` pass their 4-D strides too.
     Also returns what must stay alive while the kernel runs."""
     uc, _, _, Ac, Bg = inputs[:5]
-    b, g, r, l = uc.shape
+    (b, _, r, l), g = uc.shape, Bg.shape[1]
     ckpt = (ctypes.c_void_p * b)(*(t.data_ptr() for t in ckpts))
     args = _Args(b=b, d=g * r, l=l, n=Ac.shape[1], g=g, ckpt=ctypes.cast(ckpt, ctypes.c_void_p))
     args.pos = None if pos is None else pos.data_ptr()
@@ -201,6 +201,15 @@ def _args(inputs: tuple, ckpts: list[Tensor], pos: Tensor | None, **fields) -> t
         if name in _VIEWS and value is not None:
             setattr(args, f"l{name}", _Layout(*value.stride()))
     return args, ckpt
+
+
+def _blocks_per_task(nblk: int, b: int, g: int) -> tuple[int, int]:
+    """(channel blocks per task, tasks per (batch, group)). A task runs its blocks of a (batch, group) in step, chunk
+    by chunk: all of them (one part per group) when there are tasks enough for two per thread, so that each step's
+    channels are read together and the backward's dB/dC partial sums need no buffer of their own."""
+    wanted_parts = min(nblk, -(-2 * torch.get_num_threads() // (b * g)))
+    per = -(-nblk // wanted_parts)
+    return per, -(-nblk // per)  # parts: the C kernel's nparts()
 
 
 def _like(t: Tensor) -> Tensor:
@@ -212,7 +221,10 @@ def _like(t: Tensor) -> Tensor:
 class _FusedScan(torch.autograd.Function):
     """The kernels on grouped views: ``u, delta, z: (b, g, r, l)``, ``B, C: (b, g, n, l)``, any strides (the
     kernels read and write through them); ``pos: (g, l)`` maps group gi's step t to position ``pos[gi, t]`` of the
-    time axis, or is None. ``y`` and the gradients of ``u``/``delta`` take ``delta``'s layout when it is dense."""
+    time axis, or is None. ``y`` and the gradients of ``u``/``delta`` take ``delta``'s layout when it is dense.
+
+    Merged form (``u: (b, 1, r, l)`` with g > 1, no ``z``): every group scans the same ``u`` and ``y: (b, 1, r, l)``
+    is the sum of the groups' outputs, added up by the kernels in ``u``'s layout (no per-group copies)."""
 
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, pos, delta_softplus, return_last_state, keep_states):
@@ -226,20 +238,23 @@ class _FusedScan(torch.autograd.Function):
         inputs = (prep(u), prep(delta), prep(delta_bias, True), prep(A, True), prep(B), prep(C), prep(D, True),
                   prep(z))  # in _INPUTS order; fmt: skip
         uc = inputs[0]
-        (b, g, r, l), n = uc.shape, A.shape[1]
+        (b, g, r, l), n = inputs[1].shape, A.shape[1]
+        merge = uc.shape[1] != g
         nblk = -(-r // lanes)
+        per, _ = _blocks_per_task(nblk, b, 1 if merge else g)
         # Chunk-start states, one tensor per batch element: each stays under glibc's 32 MB mmap threshold, so its
         # memory is reused from the heap instead of page-faulted in afresh on every call at large batch sizes.
         ckpts = [uc.new_empty(-(-l // lanes) if keep_states else 0, n, g * r) for _ in range(b)]
-        y, last = _like(inputs[1]), uc.new_empty(b, g * r, n)
+        y, last = _like(uc if merge else inputs[1]), uc.new_empty(b, g * r, n)
+        shared = (lambda t: t.expand(b, g, r, l)) if merge else (lambda t: t)  # the kernels' view: sg = 0
         args, _ckpt_array = _args(
-            inputs, ckpts, pos, nblk=nblk, per=nblk, softplus=bool(delta_softplus), has_z=z is not None,
-            keep=bool(keep_states), y=y, last=last,
+            (shared(uc), *inputs[1:]), ckpts, pos, nblk=nblk, per=per, softplus=bool(delta_softplus),
+            has_z=z is not None, keep=bool(keep_states), merge=merge, y=shared(y), last=last,
         )  # fmt: skip
         _run(lib, args, backward=False)
         ctx.save_for_backward(*(t for t in inputs if t is not None), *ckpts)
         ctx.given = [t is not None for t in inputs]
-        ctx.pos, ctx.softplus, ctx.nblk = pos, bool(delta_softplus), nblk
+        ctx.pos, ctx.softplus, ctx.nblk, ctx.merge = pos, bool(delta_softplus), nblk, merge
         ctx.like = [None if t is None else t.dtype for t in (u, delta, A, B, C, D, z, delta_bias)]
         y = y.to(u.dtype)
         return (y, last) if return_last_state else y
@@ -251,25 +266,22 @@ class _FusedScan(torch.autograd.Function):
         ckpts = list(saved)
         uc, deltac, _, Ac, Bc, _, _, zc = inputs  # in _INPUTS order
         lib = _library(uc.dtype == torch.float64)
-        (b, g, r, l), n, nblk = uc.shape, Ac.shape[1], ctx.nblk
-        dyc = dy.to(uc.dtype)
+        (b, g, r, l), n, nblk, merge = deltac.shape, Ac.shape[1], ctx.nblk, ctx.merge
+        shared = (lambda t: t.expand(b, g, r, l)) if merge else (lambda t: t)  # the kernels' view: sg = 0
         glast = uc.new_zeros(b, g * r, n) if dlast is None else dlast.to(uc.dtype).contiguous()
-        du, ddelta = _like(deltac), _like(deltac)
+        du, ddelta = _like(uc if merge else deltac), _like(deltac)
         dz = None if zc is None else _like(zc)
         dA, dD, dbias = uc.new_empty(b, g * r, n), uc.new_empty(b, g * r), uc.new_empty(b, g * r)
-        # A task sums dB/dC over `per` channel blocks of a group: all of them (one part per group) when there are
-        # tasks enough for two per thread, so that no partial sums need a buffer of their own.
-        wanted_parts = min(nblk, -(-2 * torch.get_num_threads() // (b * g)))
-        per = -(-nblk // wanted_parts)
-        parts = -(-nblk // per)  # the C kernel's nparts()
+        per, parts = _blocks_per_task(nblk, b, 1 if merge else g)
         # dB, dC as (b, g * parts, n, l): time-major like B when B is, else token-major (b, l, g * parts, n).
         if Bc.stride(-1) == 1:
             dB, dC = uc.new_empty(b, g * parts, n, l), uc.new_empty(b, g * parts, n, l)
         else:
             dB, dC = (uc.new_empty(b, l, g * parts, n).permute(0, 2, 3, 1) for _ in range(2))
         args, _ckpt_array = _args(
-            inputs, ckpts, ctx.pos, nblk=nblk, per=per, softplus=ctx.softplus, has_z=zc is not None, keep=1,
-            dy=dyc, dlast=glast, du=du, ddelta=ddelta, dz=dz, dA=dA, dD=dD, dbias=dbias, dB=dB, dC=dC,
+            (shared(uc), *inputs[1:]), ckpts, ctx.pos, nblk=nblk, per=per, softplus=ctx.softplus,
+            has_z=zc is not None, keep=1, merge=merge, dy=shared(dy.to(uc.dtype)), dlast=glast, du=shared(du),
+            ddelta=ddelta, dz=dz, dA=dA, dD=dD, dbias=dbias, dB=dB, dC=dC,
         )  # fmt: skip
         _run(lib, args, backward=True)
         grads = (
@@ -305,7 +317,8 @@ def fused_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_
 
 
 def fused_grouped_scan(u, delta, A, B, C, D, delta_bias, pos, delta_softplus):
-    """The kernels on grouped strided views with a position table (see ``_FusedScan``); returns y ``(b, g, r, l)``
-    in ``delta``'s layout. SS2D's four directions use it to read one token-major map in four orders."""
+    """The kernels on grouped strided views with a position table (see ``_FusedScan``, also for the merged form
+    ``u: (b, 1, r, l)``, which SS2D's four directions use to read one token-major map in four orders and sum their
+    outputs on it). Returns y ``(b, g, r, l)``, or ``(b, 1, r, l)`` merged."""
     keep = _keep_states(u, delta, A, B, C, D, delta_bias)
     return _FusedScan.apply(u, delta, A, B, C, D, None, delta_bias, pos, delta_softplus, False, keep)

@@ -15,9 +15,10 @@
  * - Every (b, d, l)-like tensor comes with its strides (a ``layout``), and time step t of group gi may read the
  *   position pos[gi l + t] instead of t: SS2D's four scan directions read one feature map in four orders, and
  *   write four maps that the caller sums, with no unfolded copies.
- * - exp is 2^x with x = dt * (A log2 e): round-to-nearest by the 1.5 * 2^23 trick, a degree-6 polynomial on
- *   [-1/2, 1/2] (max relative error 1e-7), the exponent added in the integer bits; below 2^-125 it returns 0
- *   (no denormals), at 2^128 inf. float64 uses libm's exp2.
+ * - exp is 2^x with x = dt * (A log2 e): a degree-6 polynomial on [-1/2, 1/2] (max relative error 1e-7) of x minus
+ *   x rounded to nearest, scaled by 2^round(x): with AVX-512 by vrndscaleps/vscalefps (0 below 2^-149), else by
+ *   the 1.5 * 2^23 rounding trick and an integer add to the exponent bits (0 below 2^-125, no denormals); inf at
+ *   2^128. float64 uses libm's exp2.
  * - With keep != 0 the forward stores the state at each chunk start. A backward task takes the channel blocks of a
  *   (batch, group), or a part of them, and walks the chunks in reverse with all its blocks in step: per block it
  *   recomputes the chunk's states and decays into small buffers and runs the adjoint recurrence backwards through
@@ -26,6 +27,9 @@
  * - Tasks run on the OpenMP threads of the runtime torch loaded (see scan_run).
  */
 #include <math.h>
+#if defined(__AVX512F__) && !SCAN_DOUBLE
+#include <immintrin.h>
+#endif
 #include <stdint.h>
 #include <stdlib.h>
 
@@ -51,7 +55,8 @@ typedef struct {
 } layout;
 
 typedef struct {
-    int64_t b, d, l, n, g, nblk, per, softplus, has_z, keep; /* per: channel blocks per backward task */
+    int64_t b, d, l, n, g, nblk, per, softplus, has_z, keep; /* per: channel blocks per task */
+    int64_t merge; /* y and du are shared by the groups (their sg = 0): a task runs all groups in turn and adds */
     const real *u, *delta, *bias, *A, *B, *C, *D, *z; /* bias, D, z: NULL if not given */
     real *y, *const *ckpt, *last; /* ckpt[bi]: (nchunk, n, d) chunk-start states of batch element bi */
     const real *dy, *dlast;
@@ -80,21 +85,33 @@ static inline vec vsoftplus(vec x) { /* torch's softplus: x above 20 passes thro
     return x;
 }
 #else
-static inline vec vexp2(vec x) {
-    const vec magic = vsplat(12582912.0f); /* 1.5 * 2^23: adding it rounds to an integer in the low bits */
-    x = vmax(vmin(x, vsplat(128.0f)), vsplat(-127.0f));
-    vec t = x + magic;
-    vec f = x - (t - magic); /* in [-1/2, 1/2] */
+/* 2^x: x = k + f with k = round(x), f in [-1/2, 1/2]; 2^f by a degree-6 polynomial. */
+static inline vec vexp2_poly(vec f) {
     vec p = vsplat(1.5345812e-4f);
     p = p * f + 1.3399931e-3f;
     p = p * f + 9.6184890e-3f;
     p = p * f + 5.5503288e-2f;
     p = p * f + 2.4022647e-1f;
     p = p * f + 6.9314721e-1f;
-    p = p * f + 1.0f;
+    return p * f + 1.0f;
+}
+#ifdef __AVX512F__
+/* AVX-512: round and scale by 2^k in one instruction each (vrndscaleps, vscalefps); 0 below 2^-149, inf at 2^128. */
+static inline vec vexp2(vec x) {
+    __m512 v = _mm512_min_ps(_mm512_max_ps((__m512)x, _mm512_set1_ps(-150.0f)), _mm512_set1_ps(128.0f));
+    __m512 k = _mm512_roundscale_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    return (vec)_mm512_scalef_ps((__m512)vexp2_poly((vec)_mm512_sub_ps(v, k)), k);
+}
+#else
+static inline vec vexp2(vec x) {
+    const vec magic = vsplat(12582912.0f); /* 1.5 * 2^23: adding it rounds to an integer in the low bits */
+    x = vmax(vmin(x, vsplat(128.0f)), vsplat(-127.0f));
+    vec t = x + magic;
+    vec p = vexp2_poly(x - (t - magic)); /* of f in [-1/2, 1/2] */
     ivec bits = (ivec)p + ((ivec)t << 23); /* the low bits of t hold k: add k to the exponent */
     return (vec)(bits & ~(ivec)(x < -125.0f));
 }
+#endif
 static inline vec vsoftplus(vec x) {
     /* max(x, 0) + log1p(e), e = exp(-|x|) in (0, 1]; log1p(e) = 2 atanh(s), s = e / (2 + e) <= 1/3, to s^13 */
     vec e = vexp2((vec)((ivec)x | INT32_MIN) * LOG2E); /* sets the sign bit: -|x| */
@@ -198,18 +215,25 @@ static void load_tile(view v, int64_t t0, int nv, int tn, vec *restrict out) {
     transpose(out);
 }
 
-/* The inverse of load_tile for the first nv channels and tn steps; ``in`` may be overwritten. */
-static void store_tile(vec *restrict in, view v, int64_t t0, int nv, int tn) {
+/* The inverse of load_tile for the first nv channels and tn steps, or with ``add`` an addition to what is there;
+ * ``in`` may be overwritten. */
+static void store_tile(vec *restrict in, view v, int64_t t0, int nv, int tn, int add) {
     if (v.sc == 1) {
-        for (int t = 0; t < tn; ++t) store_lanes(v.p + P(v.pos, t0 + t) * v.sl, 1, nv, in[t]);
+        for (int t = 0; t < tn; ++t) {
+            real *p = v.p + P(v.pos, t0 + t) * v.sl;
+            store_lanes(p, 1, nv, add ? in[t] + load_lanes(p, 1, nv) : in[t]);
+        }
         return;
     }
     transpose(in);
     for (int j = 0; j < nv; ++j) {
         if (tn == VL && !v.pos && v.sl == 1)
-            *(uvec *)(v.p + j * v.sc + t0) = in[j];
+            *(uvec *)(v.p + j * v.sc + t0) = add ? in[j] + *(uvec *)(v.p + j * v.sc + t0) : in[j];
         else
-            for (int t = 0; t < tn; ++t) v.p[j * v.sc + P(v.pos, t0 + t) * v.sl] = in[j][t];
+            for (int t = 0; t < tn; ++t) {
+                real *p = v.p + j * v.sc + P(v.pos, t0 + t) * v.sl;
+                *p = add ? *p + in[j][t] : in[j][t];
+            }
     }
 }
 
@@ -372,47 +396,108 @@ static void store_lane_sums(int64_t n, int64_t t0, int tn, vec *restrict Pb, vec
     }
 }
 
-/* Forward task: one block of VL channels. */
-static int fwd_task(const scan_args *a, int64_t task) {
-    const task_t tk = block_of(a, task / (a->g * a->nblk), task / a->nblk % a->g, task % a->nblk);
+/* Number of tasks per (batch, group): parts of ``per`` channel blocks, the last one possibly shorter. */
+static int64_t nparts(const scan_args *a) { return (a->nblk + a->per - 1) / a->per; }
+
+/* What a task covers: batch element bi, groups [g0, g0 + ng) in turn (all of them with ``merge``, else one), and
+ * the channel blocks [blk0, blk0 + nb) of part ``part`` of each. */
+typedef struct {
+    int64_t bi, g0, ng, part, blk0, nb;
+} task_range;
+
+static int64_t ntasks(const scan_args *a) { return a->b * (a->merge ? 1 : a->g) * nparts(a); }
+
+static task_range task_range_of(const scan_args *a, int64_t task) {
+    const int64_t np = nparts(a);
+    task_range r;
+    r.bi = task / ((a->merge ? 1 : a->g) * np);
+    r.part = task % np;
+    r.g0 = a->merge ? 0 : task / np % a->g;
+    r.ng = a->merge ? a->g : 1;
+    r.blk0 = r.part * a->per;
+    r.nb = r.blk0 + a->per < a->nblk ? a->per : a->nblk - r.blk0; /* >= 1 */
+    return r;
+}
+
+/* Per-block state of a forward task. */
+typedef struct {
+    task_t tk;
+    vec *A2, *h; /* n vectors each */
+    vec bias, D;
+    view u, delta, z, y; /* the block's windows (z: u when there is no gate) */
+} fwd_block;
+
+/* Forward of the channel blocks [blk0, blk0 + nb) of group gi in batch element bi, all blocks advancing chunk by
+ * chunk, so that each step's channels are read and written together (whole rows of a token-major map); ``add``:
+ * y is added to (the groups share it). */
+static int fwd_group(const scan_args *a, int64_t bi, int64_t gi, int64_t blk0, int64_t nb, int add) {
     const int64_t n = a->n, l = a->l, d = a->d;
-    vec *ws = aligned_alloc(64, sizeof(vec) * (2 * n + 5 * VL));
-    if (!ws) return -1;
-    vec *A2 = ws, *h = A2 + n, *ut = h + n, *xt = ut + VL, *dt = xt + VL, *dut = dt + VL, *yt = dut + VL;
-    vec bias = channel_lanes(a->bias, &tk), D = channel_lanes(a->D, &tk);
-    const view u = block_view(a, a->u, &a->lu, &tk), delta = block_view(a, a->delta, &a->ldelta, &tk);
-    const view z = a->has_z ? block_view(a, a->z, &a->lz, &tk) : u, y = block_view(a, a->y, &a->ly, &tk);
-    const view Bv = row_view(a, a->B, &a->lB, tk.bi, tk.gi, tk.gi), Cv = row_view(a, a->C, &a->lC, tk.bi, tk.gi, tk.gi);
+    vec *ws = aligned_alloc(64, sizeof(vec) * (2 * nb * n + 5 * VL));
+    fwd_block *fb = aligned_alloc(64, sizeof(fwd_block) * nb); /* holds vectors: 64-byte aligned */
+    if (!ws || !fb) {
+        free(ws);
+        free(fb);
+        return -1;
+    }
+    vec *ut = ws + 2 * nb * n, *xt = ut + VL, *dt = xt + VL, *dut = dt + VL, *yt = dut + VL;
+    const view Bv = row_view(a, a->B, &a->lB, bi, gi, gi), Cv = row_view(a, a->C, &a->lC, bi, gi, gi);
     const real *Bt[VL], *Ct[VL];
-    for (int64_t k = 0; k < n; ++k) {
-        A2[k] = load_lanes(a->A + tk.c0 * n + k, n, tk.nv) * LOG2E;
-        h[k] = vsplat(0);
+    for (int64_t i = 0; i < nb; ++i) {
+        fwd_block *f = &fb[i];
+        f->tk = block_of(a, bi, gi, blk0 + i);
+        f->A2 = ws + 2 * i * n, f->h = f->A2 + n;
+        f->bias = channel_lanes(a->bias, &f->tk);
+        f->D = channel_lanes(a->D, &f->tk);
+        f->u = block_view(a, a->u, &a->lu, &f->tk);
+        f->delta = block_view(a, a->delta, &a->ldelta, &f->tk);
+        f->z = a->has_z ? block_view(a, a->z, &a->lz, &f->tk) : f->u;
+        f->y = block_view(a, a->y, &a->ly, &f->tk);
+        for (int64_t k = 0; k < n; ++k) {
+            f->A2[k] = load_lanes(a->A + f->tk.c0 * n + k, n, f->tk.nv) * LOG2E;
+            f->h[k] = vsplat(0);
+        }
     }
     for (int64_t t0 = 0; t0 < l; t0 += VL) {
-        int tn = (int)(l - t0 < VL ? l - t0 : VL);
-        if (a->keep)
-            for (int64_t k = 0; k < n; ++k)
-                store_lanes(a->ckpt[tk.bi] + (t0 / VL * n + k) * d + tk.c0, 1, tk.nv, h[k]);
-        if (t0 + VL < l) {
-            prefetch_tile(u, t0 + VL, l, tk.nv, 0);
-            prefetch_tile(delta, t0 + VL, l, tk.nv, 0);
-            if (a->has_z) prefetch_tile(z, t0 + VL, l, tk.nv, 0);
-            prefetch_tile(y, t0 + VL, l, tk.nv, 1);
-        }
-        chunk_inputs((int)a->softplus, u, delta, &tk, t0, tn, bias, ut, xt, dt, dut);
+        const int tn = (int)(l - t0 < VL ? l - t0 : VL);
         chunk_rows(Bv, t0, tn, Bt);
         chunk_rows(Cv, t0, tn, Ct);
-        scan_chunk(n, tn, Bt, Bv.sc, Ct, Cv.sc, A2, dt, dut, h, yt);
-        for (int t = 0; t < VL; ++t) yt[t] += D * ut[t];
-        if (a->has_z) {
-            load_tile(z, t0, tk.nv, tn, xt);
-            for (int t = 0; t < VL; ++t) yt[t] *= xt[t] * vsigmoid(xt[t]);
+        for (int64_t i = 0; i < nb; ++i) {
+            fwd_block *f = &fb[i];
+            const task_t *tk = &f->tk;
+            if (a->keep)
+                for (int64_t k = 0; k < n; ++k)
+                    store_lanes(a->ckpt[bi] + (t0 / VL * n + k) * d + tk->c0, 1, tk->nv, f->h[k]);
+            if (t0 + VL < l) {
+                prefetch_tile(f->u, t0 + VL, l, tk->nv, 0);
+                prefetch_tile(f->delta, t0 + VL, l, tk->nv, 0);
+                if (a->has_z) prefetch_tile(f->z, t0 + VL, l, tk->nv, 0);
+                prefetch_tile(f->y, t0 + VL, l, tk->nv, 1);
+            }
+            chunk_inputs((int)a->softplus, f->u, f->delta, tk, t0, tn, f->bias, ut, xt, dt, dut);
+            scan_chunk(n, tn, Bt, Bv.sc, Ct, Cv.sc, f->A2, dt, dut, f->h, yt);
+            for (int t = 0; t < VL; ++t) yt[t] += f->D * ut[t];
+            if (a->has_z) {
+                load_tile(f->z, t0, tk->nv, tn, xt);
+                for (int t = 0; t < VL; ++t) yt[t] *= xt[t] * vsigmoid(xt[t]);
+            }
+            store_tile(yt, f->y, t0, tk->nv, tn, add);
         }
-        store_tile(yt, y, t0, tk.nv, tn);
     }
-    for (int64_t k = 0; k < n; ++k) store_lanes(a->last + (tk.bi * d + tk.c0) * n + k, n, tk.nv, h[k]);
+    for (int64_t i = 0; i < nb; ++i) {
+        const task_t *tk = &fb[i].tk;
+        for (int64_t k = 0; k < n; ++k) store_lanes(a->last + (tk->bi * d + tk->c0) * n + k, n, tk->nv, fb[i].h[k]);
+    }
     free(ws);
+    free(fb);
     return 0;
+}
+
+/* Forward task: its groups in turn (see task_range). */
+static int fwd_task(const scan_args *a, int64_t task) {
+    const task_range r = task_range_of(a, task);
+    int err = 0;
+    for (int64_t gi = r.g0; gi < r.g0 + r.ng && !err; ++gi) err = fwd_group(a, r.bi, gi, r.blk0, r.nb, gi > r.g0);
+    return err;
 }
 
 /* Per-block state of a backward task, kept across its chunks. */
@@ -432,7 +517,7 @@ typedef struct {
 
 /* Backward of one block through chunk ci: recompute, output gate, adjoint; du, ddelta, dz stored, dB/dC terms
  * added to cs->Pb, cs->Pc. */
-static void bwd_chunk(const scan_args *a, block_state *bs, int64_t ci, const chunk_space *cs) {
+static void bwd_chunk(const scan_args *a, block_state *bs, int64_t ci, const chunk_space *cs, int add) {
     const task_t *tk = &bs->tk;
     const int64_t n = a->n, l = a->l, d = a->d, t0 = ci * VL;
     const int tn = (int)(l - t0 < VL ? l - t0 : VL);
@@ -459,7 +544,7 @@ static void bwd_chunk(const scan_args *a, block_state *bs, int64_t ci, const chu
             gt[t] *= zt[t] * sig;
             zt[t] = gz;
         }
-        store_tile(zt, bs->dz, t0, tk->nv, tn);
+        store_tile(zt, bs->dz, t0, tk->nv, tn, 0);
     }
     for (int t = 0; t < VL; ++t) bs->dD += gt[t] * ut[t];
     adjoint_chunk(n, tn, Bt, cs->B.sc, Ct, cs->C.sc, bs->Av, dt, dut, ut, gt, bs->D, cs->Hs, cs->As, bs->G, bs->dA,
@@ -468,20 +553,15 @@ static void bwd_chunk(const scan_args *a, block_state *bs, int64_t ci, const chu
         if (a->softplus) cs->ddt[t] *= vsigmoid(xt[t]);
         bs->dbias += cs->ddt[t];
     }
-    store_tile(cs->ddu, bs->du, t0, tk->nv, tn);
-    store_tile(cs->ddt, bs->ddelta, t0, tk->nv, tn);
+    store_tile(cs->ddu, bs->du, t0, tk->nv, tn, add);
+    store_tile(cs->ddt, bs->ddelta, t0, tk->nv, tn, 0);
 }
 
-/* Number of backward tasks per (batch, group): parts of ``per`` channel blocks, the last one possibly shorter. */
-static int64_t nparts(const scan_args *a) { return (a->nblk + a->per - 1) / a->per; }
-
-/* Backward task: part ``task % nparts`` of the channel blocks of one (batch, group), all blocks advancing chunk by
- * chunk so that their dB/dC terms are summed over lanes once per chunk; dB/dC rows are (b, g * nparts, n, l). */
-static int bwd_task(const scan_args *a, int64_t task) {
-    const int64_t n = a->n, l = a->l, d = a->d, nchunk = (l + VL - 1) / VL;
-    const int64_t part = task % nparts(a), bg = task / nparts(a), per = a->per;
-    const int64_t bi = bg / a->g, gi = bg % a->g, row = task % (a->g * nparts(a));
-    const int64_t blk0 = part * per, nb = (blk0 + per < a->nblk ? per : a->nblk - blk0); /* >= 1 */
+/* Backward of the channel blocks [blk0, blk0 + nb) of part ``part`` of group gi in batch element bi, all blocks
+ * advancing chunk by chunk so that their dB/dC terms are summed over lanes once per chunk; dB/dC rows are
+ * (b, g * nparts, n, l). ``add``: du is added to (the groups share it). */
+static int bwd_group(const scan_args *a, int64_t bi, int64_t gi, int64_t part, int64_t blk0, int64_t nb, int add) {
+    const int64_t n = a->n, l = a->l, d = a->d, nchunk = (l + VL - 1) / VL, row = gi * nparts(a) + part;
     const view dB = row_view(a, a->dB, &a->ldB, bi, row, gi), dC = row_view(a, a->dC, &a->ldC, bi, row, gi);
     vec *ws = aligned_alloc(64, sizeof(vec) * (4 * nb * n + (VL + 1) * n + 3 * VL * n + 9 * VL));
     block_state *bs = aligned_alloc(64, sizeof(block_state) * nb); /* holds vectors: 64-byte aligned */
@@ -524,7 +604,7 @@ static int bwd_task(const scan_args *a, int64_t task) {
     for (int64_t ci = nchunk - 1; ci >= 0; --ci) {
         const int64_t t0 = ci * VL;
         for (int64_t i = 0; i < 2 * n * VL; ++i) cs.Pb[i] = vsplat(0); /* Pb and Pc */
-        for (int64_t i = 0; i < nb; ++i) bwd_chunk(a, &bs[i], ci, &cs);
+        for (int64_t i = 0; i < nb; ++i) bwd_chunk(a, &bs[i], ci, &cs, add);
         store_lane_sums(n, t0, (int)(l - t0 < VL ? l - t0 : VL), cs.Pb, cs.Pc, dB, dC);
     }
     for (int64_t i = 0; i < nb; ++i) {
@@ -538,13 +618,22 @@ static int bwd_task(const scan_args *a, int64_t task) {
     return 0;
 }
 
+/* Backward task: its groups in turn (see task_range). */
+static int bwd_task(const scan_args *a, int64_t task) {
+    const task_range r = task_range_of(a, task);
+    int err = 0;
+    for (int64_t gi = r.g0; gi < r.g0 + r.ng && !err; ++gi)
+        err = bwd_group(a, r.bi, gi, r.part, r.blk0, r.nb, gi > r.g0);
+    return err;
+}
+
 /* Entry point: runs every task of the forward (backward = 0) or the backward. Built with OpenMP, the tasks are
  * shared by ``nthreads`` threads of the OpenMP runtime, which is torch's own when torch loaded a libgomp.so.1 (the
  * loader resolves our dependency to the library already loaded), so no second pool competes for the cores. Built
  * without it, each caller thread runs tasks first, first + step, ... (the caller releases the GIL). Returns 0, or
  * -1 if a work buffer could not be allocated. */
 int scan_run(const scan_args *a, int backward, int64_t first, int64_t step, int nthreads) {
-    const int64_t ntask = a->b * a->g * (backward ? nparts(a) : a->nblk);
+    const int64_t ntask = ntasks(a);
     int err = 0;
 #ifdef _OPENMP
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads) reduction(| : err)

@@ -194,12 +194,12 @@ def cross_selective_scan(
     if resolve_impl(impl, x) == "fused":
         from mmdiag.ops._scan_cpu import fused_grouped_scan
 
-        u = x.to(f).reshape(b, 1, L, d).expand(b, K, L, d).transpose(2, 3)  # (b, K, d, L), read K times
-        ys = fused_grouped_scan(
+        u = x.to(f).reshape(b, 1, L, d).transpose(2, 3)  # (b, 1, d, L): every direction reads the map
+        y = fused_grouped_scan(
             u, deltas.to(f).reshape(K, b, L, d).permute(1, 0, 3, 2), A, Bseq, Cseq, Ds, delta_bias, pos,
             delta_softplus,
         )  # fmt: skip
-        return ys.permute(1, 0, 3, 2).sum(0).reshape(b, H, W, d)  # ys is (K, b, L, d) in memory: no copy
+        return y.transpose(2, 3).reshape(b, H, W, d)  # the directions' sum, in x's layout: no copy
     pos = pos.to(x.device)
     u = cross_scan(x.permute(0, 3, 1, 2)) if K == 4 else x.reshape(b, 1, L, d).transpose(2, 3)
     dts = torch.stack([deltas[k].reshape(b, L, d)[:, pos[k]].transpose(1, 2) for k in range(K)], 1)
