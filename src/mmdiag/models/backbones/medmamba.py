@@ -126,7 +126,7 @@ class SSConvSSM(nn.Module):
             nn.ReLU(inplace=True),
             nn.Conv2d(width, width, 1),
             nn.ReLU(inplace=True),
-        )
+        ).to(memory_format=torch.channels_last)  # weights in the layout the branch runs in: no per-call reorder
 
     def forward(self, x: Tensor) -> Tensor:
         conv_in, ssm_in = x.chunk(2, dim=-1) if self.split else (x, x)
