@@ -55,11 +55,12 @@ def _medmamba(variant: str) -> Callable[[int], nn.Module]:
     return build
 
 
+RESNET = "MONAI ResNet-50 (stride-2 stem)"
 MODELS: list[tuple[str, Callable[[int], nn.Module], bool]] = [  # (label, builder(num_classes), is MedMamba)
     ("MedMamba-T", _medmamba("t"), True),
     ("MedMamba-S", _medmamba("s"), True),
     ("MedMamba-B", _medmamba("b"), True),
-    ("MONAI ResNet-50 (stride-2 stem)", _monai_resnet50, False),
+    (RESNET, _monai_resnet50, False),
     ("MONAI DenseNet-121", _monai_densenet121, False),
 ]
 
@@ -179,6 +180,10 @@ def to_markdown(rows: list[dict]) -> str:
               "(its default stride-1 stem would quadruple the MACs). The machine's cores are "
               "shared with other jobs: timings vary with the load below."]
     lines += [f"Run: {n}." for n in notes]
+    train = {r["model"]: r["train step (s, batch 8)"] for r in models}
+    if "MedMamba-T" in train and RESNET in train:
+        lines.append(f"MedMamba-T / ResNet-50 training-step time in this run: "
+                     f"{train['MedMamba-T'] / train[RESNET]:.2f}x.")
     return "\n".join(lines)
 
 

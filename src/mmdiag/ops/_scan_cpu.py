@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-__all__ = ["fused_scan", "unavailable_reason"]
+__all__ = ["fused_grouped_scan", "fused_scan", "unavailable_reason"]
 
 _SOURCE = Path(__file__).with_name("_scan_kernels.c")
 _FLAGS = ("-O3", "-ffp-contract=fast", "-fno-math-errno", "-fno-trapping-math", "-fPIC", "-shared")
@@ -43,13 +43,24 @@ class KernelBuildError(RuntimeError):
     """The C kernels could not be compiled or loaded on this machine."""
 
 
+class _Layout(ctypes.Structure):
+    """Mirror of ``layout``: strides of a (b, g, r, l) view in elements."""
+
+    _fields_ = [(name, ctypes.c_int64) for name in ("sb", "sg", "sc", "sl")]
+
+
+_VIEWS = ("u", "delta", "z", "y", "dy", "du", "ddelta", "dz", "B", "C", "dB", "dC")  # tensors passed with strides
+
+
 class _Args(ctypes.Structure):
     """Mirror of ``scan_args`` in ``_scan_kernels.c``."""
 
     _fields_ = [
-        *((name, ctypes.c_int64) for name in ("b", "d", "l", "n", "g", "nblk", "per", "softplus", "has_z", "keep")),
+        *((name, ctypes.c_int64) for name in ("b", "d", "l", "n", "g", "nblk", "per", "softplus", "has_z", "keep", "merge")),
         *((name, ctypes.c_void_p) for name in ("u", "delta", "bias", "A", "B", "C", "D", "z", "y", "ckpt", "last")),
         *((name, ctypes.c_void_p) for name in ("dy", "dlast", "du", "ddelta", "dz", "dA", "dD", "dbias", "dB", "dC")),
+        ("pos", ctypes.c_void_p),
+        *((f"l{name}", _Layout) for name in _VIEWS),
     ]
 
 
@@ -176,47 +187,75 @@ def _run(lib: ctypes.CDLL, args: _Args, backward: bool) -> None:
 _INPUTS = ("u", "delta", "bias", "A", "B", "C", "D", "z")
 
 
-def _args(inputs: tuple, ckpts: list[Tensor], **fields) -> tuple[_Args, object]:
-    """Kernel arguments: the (converted) inputs in ``_INPUTS`` order, the per-batch checkpoint tensors, and sizes,
-    flags and output tensors by field name. Also returns what must stay alive while the kernel runs."""
+def _args(inputs: tuple, ckpts: list[Tensor], pos: Tensor | None, **fields) -> tuple[_Args, object]:
+    """Kernel arguments: the (converted) inputs in ``_INPUTS`` order, the per-batch checkpoint tensors, the position
+    table, and sizes, flags and output tensors by field name; tensors in ``_VIEWS`` pass their 4-D strides too.
+    Also returns what must stay alive while the kernel runs."""
     uc, _, _, Ac, Bg = inputs[:5]
-    b, d, l = uc.shape
+    (b, _, r, l), g = uc.shape, Bg.shape[1]
     ckpt = (ctypes.c_void_p * b)(*(t.data_ptr() for t in ckpts))
-    args = _Args(b=b, d=d, l=l, n=Ac.shape[1], g=Bg.shape[1], ckpt=ctypes.cast(ckpt, ctypes.c_void_p))
+    args = _Args(b=b, d=g * r, l=l, n=Ac.shape[1], g=g, ckpt=ctypes.cast(ckpt, ctypes.c_void_p))
+    args.pos = None if pos is None else pos.data_ptr()
     for name, value in [*zip(_INPUTS, inputs), *fields.items()]:
         setattr(args, name, value.data_ptr() if isinstance(value, Tensor) else value)
+        if name in _VIEWS and value is not None:
+            setattr(args, f"l{name}", _Layout(*value.stride()))
     return args, ckpt
 
 
+def _blocks_per_task(nblk: int, b: int, g: int) -> tuple[int, int]:
+    """(channel blocks per task, tasks per (batch, group)). A task runs its blocks of a (batch, group) in step, chunk
+    by chunk: all of them (one part per group) when there are tasks enough for two per thread, so that each step's
+    channels are read together and the backward's dB/dC partial sums need no buffer of their own."""
+    wanted_parts = min(nblk, -(-2 * torch.get_num_threads() // (b * g)))
+    per = -(-nblk // wanted_parts)
+    return per, -(-nblk // per)  # parts: the C kernel's nparts()
+
+
+def _like(t: Tensor) -> Tensor:
+    """An uninitialised tensor of ``t``'s shape, with its strides when those are dense (e.g. a token-major map),
+    else contiguous."""
+    return torch.empty_like(t, memory_format=torch.preserve_format)
+
+
 class _FusedScan(torch.autograd.Function):
+    """The kernels on grouped views: ``u, delta, z: (b, g, r, l)``, ``B, C: (b, g, n, l)``, any strides (the
+    kernels read and write through them); ``pos: (g, l)`` maps group gi's step t to position ``pos[gi, t]`` of the
+    time axis, or is None. ``y`` and the gradients of ``u``/``delta`` take ``delta``'s layout when it is dense.
+
+    Merged form (``u: (b, 1, r, l)`` with g > 1, no ``z``): every group scans the same ``u`` and ``y: (b, 1, r, l)``
+    is the sum of the groups' outputs, added up by the kernels in ``u``'s layout (no per-group copies)."""
+
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, keep_states):
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, pos, delta_softplus, return_last_state, keep_states):
         ctype = torch.float64 if u.dtype == torch.float64 else torch.float32
         lib = _library(ctype == torch.float64)
         lanes = lib.scan_lanes()
 
-        def prep(t: Tensor | None) -> Tensor | None:
-            return None if t is None else t.to(ctype).contiguous()
+        def prep(t: Tensor | None, dense: bool = False) -> Tensor | None:
+            return None if t is None else t.to(ctype).contiguous() if dense else t.to(ctype)
 
-        Bg, Cg = (t if t.dim() == 4 else t[:, None] for t in (B, C))  # (b, n, l) is one group
-        inputs = tuple(map(prep, (u, delta, delta_bias, A, Bg, Cg, D, z)))  # in _INPUTS order
+        inputs = (prep(u), prep(delta), prep(delta_bias, True), prep(A, True), prep(B), prep(C), prep(D, True),
+                  prep(z))  # in _INPUTS order; fmt: skip
         uc = inputs[0]
-        (b, d, l), n, g = uc.shape, A.shape[1], Bg.shape[1]
-        nblk = -(-(d // g) // lanes)
+        (b, g, r, l), n = inputs[1].shape, A.shape[1]
+        merge = uc.shape[1] != g
+        nblk = -(-r // lanes)
+        per, _ = _blocks_per_task(nblk, b, 1 if merge else g)
         # Chunk-start states, one tensor per batch element: each stays under glibc's 32 MB mmap threshold, so its
         # memory is reused from the heap instead of page-faulted in afresh on every call at large batch sizes.
-        ckpts = [uc.new_empty(-(-l // lanes) if keep_states else 0, n, d) for _ in range(b)]
-        y, last = torch.empty_like(uc), uc.new_empty(b, d, n)
+        ckpts = [uc.new_empty(-(-l // lanes) if keep_states else 0, n, g * r) for _ in range(b)]
+        y, last = _like(uc if merge else inputs[1]), uc.new_empty(b, g * r, n)
+        shared = (lambda t: t.expand(b, g, r, l)) if merge else (lambda t: t)  # the kernels' view: sg = 0
         args, _ckpt_array = _args(
-            inputs, ckpts, nblk=nblk, per=nblk, softplus=bool(delta_softplus), has_z=z is not None,
-            keep=bool(keep_states), y=y, last=last,
+            (shared(uc), *inputs[1:]), ckpts, pos, nblk=nblk, per=per, softplus=bool(delta_softplus),
+            has_z=z is not None, keep=bool(keep_states), merge=merge, y=shared(y), last=last,
         )  # fmt: skip
         _run(lib, args, backward=False)
         ctx.save_for_backward(*(t for t in inputs if t is not None), *ckpts)
         ctx.given = [t is not None for t in inputs]
-        ctx.softplus, ctx.nblk = bool(delta_softplus), nblk
-        # dtype and shape of each input's gradient
-        ctx.like = [None if t is None else (t.dtype, t.shape) for t in (u, delta, A, B, C, D, z, delta_bias)]
+        ctx.pos, ctx.softplus, ctx.nblk, ctx.merge = pos, bool(delta_softplus), nblk, merge
+        ctx.like = [None if t is None else t.dtype for t in (u, delta, A, B, C, D, z, delta_bias)]
         y = y.to(u.dtype)
         return (y, last) if return_last_state else y
 
@@ -225,41 +264,61 @@ class _FusedScan(torch.autograd.Function):
         saved = iter(ctx.saved_tensors)
         inputs = tuple(next(saved) if given else None for given in ctx.given)
         ckpts = list(saved)
-        uc, _, _, Ac, Bg, _, _, zc = inputs  # in _INPUTS order
+        uc, deltac, _, Ac, Bc, _, _, zc = inputs  # in _INPUTS order
         lib = _library(uc.dtype == torch.float64)
-        (b, d, l), n, g, nblk = uc.shape, Ac.shape[1], Bg.shape[1], ctx.nblk
-        dyc = dy.to(uc.dtype).contiguous()
-        glast = uc.new_zeros(b, d, n) if dlast is None else dlast.to(uc.dtype).contiguous()
-        du, ddelta = torch.empty_like(uc), torch.empty_like(uc)
-        dz = None if zc is None else torch.empty_like(zc)
-        dA, dD, dbias = uc.new_empty(b, d, n), uc.new_empty(b, d), uc.new_empty(b, d)
-        # A task sums dB/dC over `per` channel blocks of a group: all of them (one part per group) when there are
-        # tasks enough for two per thread, so that no partial sums need a buffer of their own.
-        wanted_parts = min(nblk, -(-2 * torch.get_num_threads() // (b * g)))
-        per = -(-nblk // wanted_parts)
-        parts = -(-nblk // per)  # the C kernel's nparts()
-        dB, dC = uc.new_empty(b, g * parts, n, l), uc.new_empty(b, g * parts, n, l)
+        (b, g, r, l), n, nblk, merge = deltac.shape, Ac.shape[1], ctx.nblk, ctx.merge
+        shared = (lambda t: t.expand(b, g, r, l)) if merge else (lambda t: t)  # the kernels' view: sg = 0
+        glast = uc.new_zeros(b, g * r, n) if dlast is None else dlast.to(uc.dtype).contiguous()
+        du, ddelta = _like(uc if merge else deltac), _like(deltac)
+        dz = None if zc is None else _like(zc)
+        dA, dD, dbias = uc.new_empty(b, g * r, n), uc.new_empty(b, g * r), uc.new_empty(b, g * r)
+        per, parts = _blocks_per_task(nblk, b, 1 if merge else g)
+        # dB, dC as (b, g * parts, n, l): time-major like B when B is, else token-major (b, l, g * parts, n).
+        if Bc.stride(-1) == 1:
+            dB, dC = uc.new_empty(b, g * parts, n, l), uc.new_empty(b, g * parts, n, l)
+        else:
+            dB, dC = (uc.new_empty(b, l, g * parts, n).permute(0, 2, 3, 1) for _ in range(2))
         args, _ckpt_array = _args(
-            inputs, ckpts, nblk=nblk, per=per, softplus=ctx.softplus, has_z=zc is not None, keep=1,
-            dy=dyc, dlast=glast, du=du, ddelta=ddelta, dz=dz, dA=dA, dD=dD, dbias=dbias, dB=dB, dC=dC,
+            (shared(uc), *inputs[1:]), ckpts, ctx.pos, nblk=nblk, per=per, softplus=ctx.softplus,
+            has_z=zc is not None, keep=1, merge=merge, dy=shared(dy.to(uc.dtype)), dlast=glast, du=shared(du),
+            ddelta=ddelta, dz=dz, dA=dA, dD=dD, dbias=dbias, dB=dB, dC=dC,
         )  # fmt: skip
         _run(lib, args, backward=True)
         grads = (
             du,
             ddelta,
             dA.sum(0),
-            dB if parts == 1 else dB.view(b, g, parts, n, l).sum(2),
-            dC if parts == 1 else dC.view(b, g, parts, n, l).sum(2),
+            dB if parts == 1 else dB.unflatten(1, (g, parts)).sum(2),
+            dC if parts == 1 else dC.unflatten(1, (g, parts)).sum(2),
             dD.sum(0),
             dz,
             dbias.sum(0),
         )
-        return *(None if m is None else gr.to(m[0]).view(m[1]) for gr, m in zip(grads, ctx.like)), None, None, None
+        return *(None if dt is None else gr.to(dt) for gr, dt in zip(grads, ctx.like)), None, None, None, None
+
+
+def _keep_states(*inputs: Tensor | None) -> bool:
+    """Chunk-start states are kept only when a backward can follow (needs_input_grad ignores torch.no_grad())."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs)
 
 
 def fused_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state):
     """Selective scan on CPU tensors with the C kernels; arguments as in ``selective_scan`` (already checked)."""
-    inputs = (u, delta, A, B, C, D, z, delta_bias)
-    # Chunk-start states are kept only when a backward can follow (needs_input_grad ignores torch.no_grad()).
-    keep = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs)
-    return _FusedScan.apply(*inputs, delta_softplus, return_last_state, keep)
+    b, d, l = u.shape
+    grouped = B.dim() == 4
+    g = B.shape[1] if grouped else 1
+    u4, delta4, z4 = (None if t is None else t.reshape(b, g, d // g, l) for t in (u, delta, z))
+    B4, C4 = (B, C) if grouped else (B[:, None], C[:, None])
+    keep = _keep_states(u, delta, A, B, C, D, z, delta_bias)
+    out = _FusedScan.apply(u4, delta4, A, B4, C4, D, z4, delta_bias, None, delta_softplus, return_last_state, keep)
+    y, last = out if return_last_state else (out, None)
+    y = y.reshape(b, d, l)
+    return (y, last) if return_last_state else y
+
+
+def fused_grouped_scan(u, delta, A, B, C, D, delta_bias, pos, delta_softplus):
+    """The kernels on grouped strided views with a position table (see ``_FusedScan``, also for the merged form
+    ``u: (b, 1, r, l)``, which SS2D's four directions use to read one token-major map in four orders and sum their
+    outputs on it). Returns y ``(b, g, r, l)``, or ``(b, 1, r, l)`` merged."""
+    keep = _keep_states(u, delta, A, B, C, D, delta_bias)
+    return _FusedScan.apply(u, delta, A, B, C, D, None, delta_bias, pos, delta_softplus, False, keep)

@@ -8,12 +8,17 @@
  *   VL consecutive channels. A task is (batch, group, block of VL channels); the channels of a block share B_t and
  *   C_t, so the recurrence h[k] <- exp(dt A[k]) h[k] + dt u B[k]_t, y_t = sum_k C[k]_t h[k] is plain vertical
  *   vector arithmetic with no cross-lane work.
- * - Time runs in chunks of VL steps. A chunk's (channel, time) tile of u, delta, z (and dy) is loaded row by row
- *   and transposed in registers (log2 VL shuffle stages), so the elementwise work and the scan read time-major
- *   vectors; outputs go back the same way. Nothing is transposed in memory.
- * - exp is 2^x with x = dt * (A log2 e): round-to-nearest by the 1.5 * 2^23 trick, a degree-6 polynomial on
- *   [-1/2, 1/2] (max relative error 1e-7), the exponent added in the integer bits; below 2^-125 it returns 0
- *   (no denormals), at 2^128 inf. float64 uses libm's exp2.
+ * - Time runs in chunks of VL steps. A chunk's (channel, time) tile of u, delta, z (and dy) is read into VL
+ *   time-major vectors: with channels contiguous (token-major maps, as SS2D keeps them) one vector load per step;
+ *   with time contiguous (mamba_ssm's (b, d, l)) VL row loads transposed in registers (log2 VL shuffle stages).
+ *   Outputs go back the same way. Nothing is transposed in memory.
+ * - Every (b, d, l)-like tensor comes with its strides (a ``layout``), and time step t of group gi may read the
+ *   position pos[gi l + t] instead of t: SS2D's four scan directions read one feature map in four orders, and
+ *   write four maps that the caller sums, with no unfolded copies.
+ * - exp is 2^x with x = dt * (A log2 e): a degree-6 polynomial on [-1/2, 1/2] (max relative error 1e-7) of x minus
+ *   x rounded to nearest, scaled by 2^round(x): with AVX-512 by vrndscaleps/vscalefps (0 below 2^-149), else by
+ *   the 1.5 * 2^23 rounding trick and an integer add to the exponent bits (0 below 2^-125, no denormals); inf at
+ *   2^128. float64 uses libm's exp2.
  * - With keep != 0 the forward stores the state at each chunk start. A backward task takes the channel blocks of a
  *   (batch, group), or a part of them, and walks the chunks in reverse with all its blocks in step: per block it
  *   recomputes the chunk's states and decays into small buffers and runs the adjoint recurrence backwards through
@@ -22,6 +27,9 @@
  * - Tasks run on the OpenMP threads of the runtime torch loaded (see scan_run).
  */
 #include <math.h>
+#if defined(__AVX512F__) && !SCAN_DOUBLE
+#include <immintrin.h>
+#endif
 #include <stdint.h>
 #include <stdlib.h>
 
@@ -40,12 +48,21 @@ typedef real uvec __attribute__((vector_size(64), aligned(sizeof(real)))); /* un
 
 #define LOG2E ((real)1.4426950408889634)
 
+/* Strides (in elements) of a (b, g, r, l) view: batch, group, channel within the group (or state index k for
+ * B, C, dB, dC; for dB/dC "group" is the task row g * nparts), and time position. */
 typedef struct {
-    int64_t b, d, l, n, g, nblk, per, softplus, has_z, keep; /* per: channel blocks per backward task */
+    int64_t sb, sg, sc, sl;
+} layout;
+
+typedef struct {
+    int64_t b, d, l, n, g, nblk, per, softplus, has_z, keep; /* per: channel blocks per task */
+    int64_t merge; /* y and du are shared by the groups (their sg = 0): a task runs all groups in turn and adds */
     const real *u, *delta, *bias, *A, *B, *C, *D, *z; /* bias, D, z: NULL if not given */
     real *y, *const *ckpt, *last; /* ckpt[bi]: (nchunk, n, d) chunk-start states of batch element bi */
     const real *dy, *dlast;
     real *du, *ddelta, *dz, *dA, *dD, *dbias, *dB, *dC;
+    const int64_t *pos; /* (g, l) time step -> position, or NULL for the identity */
+    layout lu, ldelta, lz, ly, ldy, ldu, lddelta, ldz, lB, lC, ldB, ldC;
 } scan_args;
 
 int scan_lanes(void) { return VL; }
@@ -68,21 +85,33 @@ static inline vec vsoftplus(vec x) { /* torch's softplus: x above 20 passes thro
     return x;
 }
 #else
-static inline vec vexp2(vec x) {
-    const vec magic = vsplat(12582912.0f); /* 1.5 * 2^23: adding it rounds to an integer in the low bits */
-    x = vmax(vmin(x, vsplat(128.0f)), vsplat(-127.0f));
-    vec t = x + magic;
-    vec f = x - (t - magic); /* in [-1/2, 1/2] */
+/* 2^x: x = k + f with k = round(x), f in [-1/2, 1/2]; 2^f by a degree-6 polynomial. */
+static inline vec vexp2_poly(vec f) {
     vec p = vsplat(1.5345812e-4f);
     p = p * f + 1.3399931e-3f;
     p = p * f + 9.6184890e-3f;
     p = p * f + 5.5503288e-2f;
     p = p * f + 2.4022647e-1f;
     p = p * f + 6.9314721e-1f;
-    p = p * f + 1.0f;
+    return p * f + 1.0f;
+}
+#ifdef __AVX512F__
+/* AVX-512: round and scale by 2^k in one instruction each (vrndscaleps, vscalefps); 0 below 2^-149, inf at 2^128. */
+static inline vec vexp2(vec x) {
+    __m512 v = _mm512_min_ps(_mm512_max_ps((__m512)x, _mm512_set1_ps(-150.0f)), _mm512_set1_ps(128.0f));
+    __m512 k = _mm512_roundscale_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    return (vec)_mm512_scalef_ps((__m512)vexp2_poly((vec)_mm512_sub_ps(v, k)), k);
+}
+#else
+static inline vec vexp2(vec x) {
+    const vec magic = vsplat(12582912.0f); /* 1.5 * 2^23: adding it rounds to an integer in the low bits */
+    x = vmax(vmin(x, vsplat(128.0f)), vsplat(-127.0f));
+    vec t = x + magic;
+    vec p = vexp2_poly(x - (t - magic)); /* of f in [-1/2, 1/2] */
     ivec bits = (ivec)p + ((ivec)t << 23); /* the low bits of t hold k: add k to the exponent */
     return (vec)(bits & ~(ivec)(x < -125.0f));
 }
+#endif
 static inline vec vsoftplus(vec x) {
     /* max(x, 0) + log1p(e), e = exp(-|x|) in (0, 1]; log1p(e) = 2 atanh(s), s = e / (2 + e) <= 1/3, to s^13 */
     vec e = vexp2((vec)((ivec)x | INT32_MIN) * LOG2E); /* sets the sign bit: -|x| */
@@ -143,42 +172,6 @@ static inline vec rowsums(vec *r) {
     return r[0];
 }
 
-/* out[t] lane j = src[j * ld + t] for j < nv, t < tn (zero elsewhere): a (channel, time) tile made time-major. */
-static void load_tile(const real *restrict src, int64_t ld, int nv, int tn, vec *restrict out) {
-    if (nv == VL && tn == VL) {
-        for (int j = 0; j < VL; ++j) out[j] = *(const uvec *)(src + j * ld);
-    } else {
-        for (int j = 0; j < VL; ++j) {
-            out[j] = vsplat(0);
-            if (j < nv)
-                for (int t = 0; t < tn; ++t) out[j][t] = src[j * ld + t];
-        }
-    }
-    transpose(out);
-}
-
-/* The inverse of load_tile for the first nv channels and tn steps; ``in`` is overwritten. */
-static void store_tile(vec *restrict in, real *restrict dst, int64_t ld, int nv, int tn) {
-    transpose(in);
-    for (int j = 0; j < nv; ++j) {
-        if (tn == VL)
-            *(uvec *)(dst + j * ld) = in[j];
-        else
-            for (int t = 0; t < tn; ++t) dst[j * ld + t] = in[j][t];
-    }
-}
-
-/* Asks for the next chunk's cache lines of ``rows`` rows at stride ``ld`` (the rows are separate streams, too
- * many for the hardware prefetchers at large batch sizes). */
-static inline void prefetch_rows(const real *p, int64_t ld, int64_t rows, int for_write) {
-    for (int64_t j = 0; j < rows; ++j) {
-        if (for_write)
-            __builtin_prefetch(p + j * ld, 1, 2);
-        else
-            __builtin_prefetch(p + j * ld, 0, 2);
-    }
-}
-
 /* Lanes from nv values at src with stride ``stride`` (zero in lanes >= nv), and the inverse. */
 static inline vec load_lanes(const real *src, int64_t stride, int nv) {
     if (stride == 1 && nv == VL) return *(const uvec *)src;
@@ -194,12 +187,85 @@ static inline void store_lanes(real *dst, int64_t stride, int nv, vec v) {
     for (int j = 0; j < nv; ++j) dst[j * stride] = v[j];
 }
 
+/* Position of time step t: pos is the group's row of the position table, or NULL for the identity. */
+static inline int64_t P(const int64_t *pos, int64_t t) { return pos ? pos[t] : t; }
+
+/* A block's (or a group's) window on a tensor: element (channel or state index j, step t) at p[j sc + P(t) sl]. */
+typedef struct {
+    real *p;
+    int64_t sc, sl;
+    const int64_t *pos;
+} view;
+
+/* out[t] lane j = element (j, t0 + t) for j < nv, t < tn (zero elsewhere): a (channel, time) tile, time-major. */
+static void load_tile(view v, int64_t t0, int nv, int tn, vec *restrict out) {
+    if (v.sc == 1) { /* channels contiguous: one vector per step */
+        for (int t = 0; t < VL; ++t) out[t] = t < tn ? load_lanes(v.p + P(v.pos, t0 + t) * v.sl, 1, nv) : vsplat(0);
+        return;
+    }
+    if (!v.pos && v.sl == 1 && nv == VL && tn == VL) { /* time contiguous: rows, transposed in registers */
+        for (int j = 0; j < VL; ++j) out[j] = *(const uvec *)(v.p + j * v.sc + t0);
+    } else {
+        for (int j = 0; j < VL; ++j) {
+            out[j] = vsplat(0);
+            if (j < nv)
+                for (int t = 0; t < tn; ++t) out[j][t] = v.p[j * v.sc + P(v.pos, t0 + t) * v.sl];
+        }
+    }
+    transpose(out);
+}
+
+/* The inverse of load_tile for the first nv channels and tn steps, or with ``add`` an addition to what is there;
+ * ``in`` may be overwritten. */
+static void store_tile(vec *restrict in, view v, int64_t t0, int nv, int tn, int add) {
+    if (v.sc == 1) {
+        for (int t = 0; t < tn; ++t) {
+            real *p = v.p + P(v.pos, t0 + t) * v.sl;
+            store_lanes(p, 1, nv, add ? in[t] + load_lanes(p, 1, nv) : in[t]);
+        }
+        return;
+    }
+    transpose(in);
+    for (int j = 0; j < nv; ++j) {
+        if (tn == VL && !v.pos && v.sl == 1)
+            *(uvec *)(v.p + j * v.sc + t0) = add ? in[j] + *(uvec *)(v.p + j * v.sc + t0) : in[j];
+        else
+            for (int t = 0; t < tn; ++t) {
+                real *p = v.p + j * v.sc + P(v.pos, t0 + t) * v.sl;
+                *p = add ? *p + in[j][t] : in[j][t];
+            }
+    }
+}
+
+static inline void prefetch(const real *p, int for_write) {
+    if (for_write)
+        __builtin_prefetch(p, 1, 2);
+    else
+        __builtin_prefetch(p, 0, 2);
+}
+
+/* Asks for the cache lines of the tile at steps [t0, t0 + VL) (t0 < l): with time contiguous its rows are separate
+ * streams, too many for the hardware prefetchers at large batch sizes; with channels contiguous the positions of a
+ * permuted scan direction jump. */
+static void prefetch_tile(view v, int64_t t0, int64_t l, int nv, int for_write) {
+    if (v.sc == 1) {
+        for (int64_t t = t0; t < t0 + VL && t < l; ++t) prefetch(v.p + P(v.pos, t) * v.sl, for_write);
+    } else if (!v.pos && v.sl == 1) {
+        for (int j = 0; j < nv; ++j) prefetch(v.p + j * v.sc + t0, for_write);
+    }
+}
+
+/* Pointers to the rows B_t (or C_t) of the chunk's steps: element k of step t0 + t at rows[t][k * v.sc]. */
+static void chunk_rows(view v, int64_t t0, int tn, const real **rows) {
+    for (int t = 0; t < tn; ++t) rows[t] = v.p + P(v.pos, t0 + t) * v.sl;
+}
+
 /* ------------------------------------------------------------------------------------------------------------- */
 /* Tasks */
 
 typedef struct {
     int64_t bi, gi, c0; /* batch, group, first channel */
-    int nv;                  /* channels in this block (< VL for a ragged last block) */
+    int nv;             /* channels in this block (< VL for a ragged last block) */
 } task_t;
 
 /* Block ``blk`` of group ``gi`` in batch ``bi``. */
@@ -213,34 +279,52 @@ static task_t block_of(const scan_args *a, int64_t bi, int64_t gi, int64_t blk) 
     return t;
 }
 
+/* The group's row of the position table (NULL: identity). */
+static inline const int64_t *group_pos(const scan_args *a, int64_t gi) { return a->pos ? a->pos + gi * a->l : NULL; }
+
+/* The block's window on a (b, g, r, l) tensor with layout L. */
+static view block_view(const scan_args *a, const real *base, const layout *L, const task_t *tk) {
+    const int64_t r = a->d / a->g;
+    view v = {(real *)base + tk->bi * L->sb + tk->gi * L->sg + (tk->c0 - tk->gi * r) * L->sc, L->sc, L->sl,
+              group_pos(a, tk->gi)};
+    return v;
+}
+
+/* Row ``row`` of batch element bi of a (b, rows, n, l) tensor (B, C, dB, dC), time positions of group gi. */
+static view row_view(const scan_args *a, const real *base, const layout *L, int64_t bi, int64_t row, int64_t gi) {
+    view v = {(real *)base + bi * L->sb + row * L->sg, L->sc, L->sl, group_pos(a, gi)};
+    return v;
+}
+
 /* A per-channel parameter (delta_bias, D) for the block's lanes; NULL means zero. */
 static inline vec channel_lanes(const real *p, const task_t *tk) {
     return p ? load_lanes(p + tk->c0, 1, tk->nv) : vsplat(0);
 }
 
 /* dt and dt * u of a chunk, time-major; x = delta + bias is kept for the softplus derivative. */
-static void chunk_inputs(const scan_args *a, const task_t *tk, int64_t t0, int tn, vec bias, vec *restrict ut,
-                         vec *restrict xt, vec *restrict dt, vec *restrict dut) {
-    int64_t row = (tk->bi * a->d + tk->c0) * a->l + t0;
-    load_tile(a->u + row, a->l, tk->nv, tn, ut);
-    load_tile(a->delta + row, a->l, tk->nv, tn, xt);
+static void chunk_inputs(int softplus, view u, view delta, const task_t *tk, int64_t t0, int tn, vec bias,
+                         vec *restrict ut, vec *restrict xt, vec *restrict dt, vec *restrict dut) {
+    load_tile(u, t0, tk->nv, tn, ut);
+    load_tile(delta, t0, tk->nv, tn, xt);
     for (int t = 0; t < VL; ++t) {
         xt[t] += bias;
-        dt[t] = a->softplus ? vsoftplus(xt[t]) : xt[t];
+        dt[t] = softplus ? vsoftplus(xt[t]) : xt[t];
         dut[t] = dt[t] * ut[t];
     }
 }
 
-/* Runs the recurrence over steps [t0, t0 + tn) from the state h (updated); ys[t] = sum_k C h. */
-static void scan_chunk(int64_t n, int64_t l, int tn, const real *restrict Bt, const real *restrict Ct,
+/* Runs the recurrence over the tn steps of a chunk from the state h (updated); ys[t] = sum_k C h. B_t[k] is
+ * Bt[t][k * bs], C_t[k] is Ct[t][k * cs]. */
+static void scan_chunk(int64_t n, int tn, const real *const *Bt, int64_t bs, const real *const *Ct, int64_t cs,
                        const vec *restrict A2, const vec *restrict dt, const vec *restrict dut, vec *restrict h,
                        vec *restrict ys) {
     for (int t = 0; t < tn; ++t) {
+        const real *restrict Bp = Bt[t], *restrict Cp = Ct[t];
         vec y = vsplat(0);
         for (int64_t k = 0; k < n; ++k) {
-            vec hk = vexp2(dt[t] * A2[k]) * h[k] + dut[t] * Bt[k * l + t];
+            vec hk = vexp2(dt[t] * A2[k]) * h[k] + dut[t] * Bp[k * bs];
             h[k] = hk;
-            y += Ct[k * l + t] * hk;
+            y += Cp[k * cs] * hk;
         }
         ys[t] = y;
     }
@@ -249,17 +333,18 @@ static void scan_chunk(int64_t n, int64_t l, int tn, const real *restrict Bt, co
 
 /* The same from the state Hs[0..n), keeping the states (Hs[(t + 1) n + k] after step t) and the decays
  * (As[t n + k]) for the adjoint; ys (the output, needed for the gate's gradient) only if ys != NULL. */
-static void recompute_chunk(int64_t n, int64_t l, int tn, const real *restrict Bt, const real *restrict Ct,
+static void recompute_chunk(int64_t n, int tn, const real *const *Bt, int64_t bs, const real *const *Ct, int64_t cs,
                             const vec *restrict A2, const vec *restrict dt, const vec *restrict dut,
                             vec *restrict Hs, vec *restrict As, vec *restrict ys) {
     for (int t = 0; t < tn; ++t) {
+        const real *restrict Bp = Bt[t], *restrict Cp = Ct[t];
         vec y = vsplat(0);
         for (int64_t k = 0; k < n; ++k) {
             vec decay = vexp2(dt[t] * A2[k]);
-            vec hk = decay * Hs[t * n + k] + dut[t] * Bt[k * l + t];
+            vec hk = decay * Hs[t * n + k] + dut[t] * Bp[k * bs];
             As[t * n + k] = decay;
             Hs[(t + 1) * n + k] = hk;
-            if (ys) y += Ct[k * l + t] * hk;
+            if (ys) y += Cp[k * cs] * hk;
         }
         if (ys) ys[t] = y;
     }
@@ -269,22 +354,23 @@ static void recompute_chunk(int64_t n, int64_t l, int tn, const real *restrict B
  * leaves as the same for the chunk start; dA accumulates. Per step: ddt[t] = d/d(dt) (before the softplus),
  * ddu[t] = d/du; Pb[k VL + t] and Pc[k VL + t] accumulate the per-lane terms of dB[k, t] and dC[k, t] (summed over
  * the lanes later, once for all blocks of a task). gt[t] is the gradient of the scan output. */
-static void adjoint_chunk(int64_t n, int64_t l, int tn, const real *restrict Bt, const real *restrict Ct,
+static void adjoint_chunk(int64_t n, int tn, const real *const *Bt, int64_t bs, const real *const *Ct, int64_t cs,
                           const vec *restrict Av, const vec *restrict dt, const vec *restrict dut,
                           const vec *restrict ut, const vec *restrict gt, vec D, const vec *restrict Hs,
                           const vec *restrict As, vec *restrict G, vec *restrict dA, vec *restrict Pb,
                           vec *restrict Pc, vec *restrict ddt, vec *restrict ddu) {
     for (int t = VL - 1; t >= tn; --t) ddt[t] = ddu[t] = vsplat(0);
     for (int t = tn - 1; t >= 0; --t) {
+        const real *restrict Bp = Bt[t], *restrict Cp = Ct[t];
         const vec g = gt[t], dtt = dt[t], dutt = dut[t];
         vec vddt = vsplat(0), vddu = vsplat(0);
         for (int64_t k = 0; k < n; ++k) {
-            const vec gk = G[k] + Ct[k * l + t] * g;
+            const vec gk = G[k] + Cp[k * cs] * g;
             const vec gprev = As[t * n + k] * gk; /* G for the step before */
             const vec q = gprev * Hs[t * n + k];  /* = gk d(h_t)/d(log decay) */
             Pb[k * VL + t] += gk * dutt;
             Pc[k * VL + t] += g * Hs[(t + 1) * n + k];
-            vddu += gk * Bt[k * l + t];
+            vddu += gk * Bp[k * bs];
             dA[k] += q * dtt;
             vddt += q * Av[k];
             G[k] = gprev;
@@ -294,59 +380,124 @@ static void adjoint_chunk(int64_t n, int64_t l, int tn, const real *restrict Bt,
     }
 }
 
+/* Lane t of v to step t0 + t (t < tn) of row 0 of a window. */
+static void store_steps(vec v, view dst, int64_t t0, int tn) {
+    if (!dst.pos && dst.sl == 1 && tn == VL)
+        *(uvec *)(dst.p + t0) = v;
+    else
+        for (int t = 0; t < tn; ++t) dst.p[P(dst.pos, t0 + t) * dst.sl] = v[t];
+}
+
 /* dB[k, t0 + t] and dC[k, t0 + t] for t < tn: the sums over lanes of Pb[k VL + t] and Pc[k VL + t] (overwritten). */
-static void store_lane_sums(int64_t n, int64_t l, int tn, vec *restrict Pb, vec *restrict Pc, real *restrict dB,
-                            real *restrict dC) {
+static void store_lane_sums(int64_t n, int64_t t0, int tn, vec *restrict Pb, vec *restrict Pc, view dB, view dC) {
     for (int64_t k = 0; k < n; ++k) {
-        vec sb = rowsums(Pb + k * VL), sc = rowsums(Pc + k * VL);
-        if (tn == VL) {
-            *(uvec *)(dB + k * l) = sb;
-            *(uvec *)(dC + k * l) = sc;
-        } else {
-            for (int t = 0; t < tn; ++t) {
-                dB[k * l + t] = sb[t];
-                dC[k * l + t] = sc[t];
-            }
-        }
+        store_steps(rowsums(Pb + k * VL), (view){dB.p + k * dB.sc, dB.sc, dB.sl, dB.pos}, t0, tn);
+        store_steps(rowsums(Pc + k * VL), (view){dC.p + k * dC.sc, dC.sc, dC.sl, dC.pos}, t0, tn);
     }
 }
 
-/* Forward task: one block of VL channels. */
-static int fwd_task(const scan_args *a, int64_t task) {
-    const task_t tk = block_of(a, task / (a->g * a->nblk), task / a->nblk % a->g, task % a->nblk);
+/* Number of tasks per (batch, group): parts of ``per`` channel blocks, the last one possibly shorter. */
+static int64_t nparts(const scan_args *a) { return (a->nblk + a->per - 1) / a->per; }
+
+/* What a task covers: batch element bi, groups [g0, g0 + ng) in turn (all of them with ``merge``, else one), and
+ * the channel blocks [blk0, blk0 + nb) of part ``part`` of each. */
+typedef struct {
+    int64_t bi, g0, ng, part, blk0, nb;
+} task_range;
+
+static int64_t ntasks(const scan_args *a) { return a->b * (a->merge ? 1 : a->g) * nparts(a); }
+
+static task_range task_range_of(const scan_args *a, int64_t task) {
+    const int64_t np = nparts(a);
+    task_range r;
+    r.bi = task / ((a->merge ? 1 : a->g) * np);
+    r.part = task % np;
+    r.g0 = a->merge ? 0 : task / np % a->g;
+    r.ng = a->merge ? a->g : 1;
+    r.blk0 = r.part * a->per;
+    r.nb = r.blk0 + a->per < a->nblk ? a->per : a->nblk - r.blk0; /* >= 1 */
+    return r;
+}
+
+/* Per-block state of a forward task. */
+typedef struct {
+    task_t tk;
+    vec *A2, *h; /* n vectors each */
+    vec bias, D;
+    view u, delta, z, y; /* the block's windows (z: u when there is no gate) */
+} fwd_block;
+
+/* Forward of the channel blocks [blk0, blk0 + nb) of group gi in batch element bi, all blocks advancing chunk by
+ * chunk, so that each step's channels are read and written together (whole rows of a token-major map); ``add``:
+ * y is added to (the groups share it). */
+static int fwd_group(const scan_args *a, int64_t bi, int64_t gi, int64_t blk0, int64_t nb, int add) {
     const int64_t n = a->n, l = a->l, d = a->d;
-    vec *ws = aligned_alloc(64, sizeof(vec) * (2 * n + 5 * VL));
-    if (!ws) return -1;
-    vec *A2 = ws, *h = A2 + n, *ut = h + n, *xt = ut + VL, *dt = xt + VL, *dut = dt + VL, *yt = dut + VL;
-    vec bias = channel_lanes(a->bias, &tk), D = channel_lanes(a->D, &tk);
-    for (int64_t k = 0; k < n; ++k) {
-        A2[k] = load_lanes(a->A + tk.c0 * n + k, n, tk.nv) * LOG2E;
-        h[k] = vsplat(0);
+    vec *ws = aligned_alloc(64, sizeof(vec) * (2 * nb * n + 5 * VL));
+    fwd_block *fb = aligned_alloc(64, sizeof(fwd_block) * nb); /* holds vectors: 64-byte aligned */
+    if (!ws || !fb) {
+        free(ws);
+        free(fb);
+        return -1;
+    }
+    vec *ut = ws + 2 * nb * n, *xt = ut + VL, *dt = xt + VL, *dut = dt + VL, *yt = dut + VL;
+    const view Bv = row_view(a, a->B, &a->lB, bi, gi, gi), Cv = row_view(a, a->C, &a->lC, bi, gi, gi);
+    const real *Bt[VL], *Ct[VL];
+    for (int64_t i = 0; i < nb; ++i) {
+        fwd_block *f = &fb[i];
+        f->tk = block_of(a, bi, gi, blk0 + i);
+        f->A2 = ws + 2 * i * n, f->h = f->A2 + n;
+        f->bias = channel_lanes(a->bias, &f->tk);
+        f->D = channel_lanes(a->D, &f->tk);
+        f->u = block_view(a, a->u, &a->lu, &f->tk);
+        f->delta = block_view(a, a->delta, &a->ldelta, &f->tk);
+        f->z = a->has_z ? block_view(a, a->z, &a->lz, &f->tk) : f->u;
+        f->y = block_view(a, a->y, &a->ly, &f->tk);
+        for (int64_t k = 0; k < n; ++k) {
+            f->A2[k] = load_lanes(a->A + f->tk.c0 * n + k, n, f->tk.nv) * LOG2E;
+            f->h[k] = vsplat(0);
+        }
     }
     for (int64_t t0 = 0; t0 < l; t0 += VL) {
-        int tn = (int)(l - t0 < VL ? l - t0 : VL);
-        if (a->keep)
-            for (int64_t k = 0; k < n; ++k)
-                store_lanes(a->ckpt[tk.bi] + (t0 / VL * n + k) * d + tk.c0, 1, tk.nv, h[k]);
-        const int64_t bc = (tk.bi * a->g + tk.gi) * n * l + t0, row = (tk.bi * d + tk.c0) * l + t0;
-        if (t0 + VL < l) {
-            prefetch_rows(a->u + row + VL, l, tk.nv, 0);
-            prefetch_rows(a->delta + row + VL, l, tk.nv, 0);
-            if (a->has_z) prefetch_rows(a->z + row + VL, l, tk.nv, 0);
-            prefetch_rows(a->y + row + VL, l, tk.nv, 1);
+        const int tn = (int)(l - t0 < VL ? l - t0 : VL);
+        chunk_rows(Bv, t0, tn, Bt);
+        chunk_rows(Cv, t0, tn, Ct);
+        for (int64_t i = 0; i < nb; ++i) {
+            fwd_block *f = &fb[i];
+            const task_t *tk = &f->tk;
+            if (a->keep)
+                for (int64_t k = 0; k < n; ++k)
+                    store_lanes(a->ckpt[bi] + (t0 / VL * n + k) * d + tk->c0, 1, tk->nv, f->h[k]);
+            if (t0 + VL < l) {
+                prefetch_tile(f->u, t0 + VL, l, tk->nv, 0);
+                prefetch_tile(f->delta, t0 + VL, l, tk->nv, 0);
+                if (a->has_z) prefetch_tile(f->z, t0 + VL, l, tk->nv, 0);
+                prefetch_tile(f->y, t0 + VL, l, tk->nv, 1);
+            }
+            chunk_inputs((int)a->softplus, f->u, f->delta, tk, t0, tn, f->bias, ut, xt, dt, dut);
+            scan_chunk(n, tn, Bt, Bv.sc, Ct, Cv.sc, f->A2, dt, dut, f->h, yt);
+            for (int t = 0; t < VL; ++t) yt[t] += f->D * ut[t];
+            if (a->has_z) {
+                load_tile(f->z, t0, tk->nv, tn, xt);
+                for (int t = 0; t < VL; ++t) yt[t] *= xt[t] * vsigmoid(xt[t]);
+            }
+            store_tile(yt, f->y, t0, tk->nv, tn, add);
         }
-        chunk_inputs(a, &tk, t0, tn, bias, ut, xt, dt, dut);
-        scan_chunk(n, l, tn, a->B + bc, a->C + bc, A2, dt, dut, h, yt);
-        for (int t = 0; t < VL; ++t) yt[t] += D * ut[t];
-        if (a->has_z) {
-            load_tile(a->z + row, l, tk.nv, tn, xt);
-            for (int t = 0; t < VL; ++t) yt[t] *= xt[t] * vsigmoid(xt[t]);
-        }
-        store_tile(yt, a->y + row, l, tk.nv, tn);
     }
-    for (int64_t k = 0; k < n; ++k) store_lanes(a->last + (tk.bi * d + tk.c0) * n + k, n, tk.nv, h[k]);
+    for (int64_t i = 0; i < nb; ++i) {
+        const task_t *tk = &fb[i].tk;
+        for (int64_t k = 0; k < n; ++k) store_lanes(a->last + (tk->bi * d + tk->c0) * n + k, n, tk->nv, fb[i].h[k]);
+    }
     free(ws);
+    free(fb);
     return 0;
+}
+
+/* Forward task: its groups in turn (see task_range). */
+static int fwd_task(const scan_args *a, int64_t task) {
+    const task_range r = task_range_of(a, task);
+    int err = 0;
+    for (int64_t gi = r.g0; gi < r.g0 + r.ng && !err; ++gi) err = fwd_group(a, r.bi, gi, r.blk0, r.nb, gi > r.g0);
+    return err;
 }
 
 /* Per-block state of a backward task, kept across its chunks. */
@@ -354,65 +505,64 @@ typedef struct {
     task_t tk;
     vec *A2, *Av, *G, *dA; /* n vectors each */
     vec bias, D, dD, dbias;
+    view u, delta, z, dy, du, ddelta, dz; /* the block's windows (z, dz: u when there is no gate) */
 } block_state;
 
 /* Chunk work space shared by the blocks of a backward task. */
 typedef struct {
-    vec *Hs, *As, *Pb, *Pc;                                 /* (VL + 1) n, VL n, n VL, n VL vectors */
+    vec *Hs, *As, *Pb, *Pc;                             /* (VL + 1) n, VL n, n VL, n VL vectors */
     vec *ut, *xt, *dt, *dut, *gt, *ys, *zt, *ddt, *ddu; /* VL vectors each */
+    view B, C;                                          /* the task's (batch, group) rows of B and C */
 } chunk_space;
 
 /* Backward of one block through chunk ci: recompute, output gate, adjoint; du, ddelta, dz stored, dB/dC terms
  * added to cs->Pb, cs->Pc. */
-static void bwd_chunk(const scan_args *a, block_state *bs, int64_t ci, const chunk_space *cs) {
+static void bwd_chunk(const scan_args *a, block_state *bs, int64_t ci, const chunk_space *cs, int add) {
     const task_t *tk = &bs->tk;
     const int64_t n = a->n, l = a->l, d = a->d, t0 = ci * VL;
-    const int64_t row = (tk->bi * d + tk->c0) * l + t0, bc = (tk->bi * a->g + tk->gi) * n * l + t0;
     const int tn = (int)(l - t0 < VL ? l - t0 : VL);
     vec *ut = cs->ut, *xt = cs->xt, *dt = cs->dt, *dut = cs->dut, *gt = cs->gt, *ys = cs->ys, *zt = cs->zt;
+    const real *Bt[VL], *Ct[VL];
     if (ci > 0) {
-        const real *const in[] = {a->u, a->delta, a->dy, a->has_z ? a->z : a->u};
-        real *const out[] = {a->du, a->ddelta};
-        for (int i = 0; i < 4; ++i) prefetch_rows(in[i] + row - VL, l, tk->nv, 0);
-        for (int i = 0; i < 2; ++i) prefetch_rows(out[i] + row - VL, l, tk->nv, 1);
-        prefetch_rows(a->ckpt[tk->bi] + (ci - 1) * n * d + tk->c0, d, n, 0);
+        const view in[] = {bs->u, bs->delta, bs->dy, bs->z}, out[] = {bs->du, bs->ddelta};
+        for (int i = 0; i < 4; ++i) prefetch_tile(in[i], t0 - VL, l, tk->nv, 0);
+        for (int i = 0; i < 2; ++i) prefetch_tile(out[i], t0 - VL, l, tk->nv, 1);
+        for (int64_t k = 0; k < n; ++k) prefetch(a->ckpt[tk->bi] + ((ci - 1) * n + k) * d + tk->c0, 0);
     }
     for (int64_t k = 0; k < n; ++k) cs->Hs[k] = load_lanes(a->ckpt[tk->bi] + (ci * n + k) * d + tk->c0, 1, tk->nv);
-    chunk_inputs(a, tk, t0, tn, bs->bias, ut, xt, dt, dut);
-    recompute_chunk(n, l, tn, a->B + bc, a->C + bc, bs->A2, dt, dut, cs->Hs, cs->As, a->has_z ? ys : NULL);
+    chunk_inputs((int)a->softplus, bs->u, bs->delta, tk, t0, tn, bs->bias, ut, xt, dt, dut);
+    chunk_rows(cs->B, t0, tn, Bt);
+    chunk_rows(cs->C, t0, tn, Ct);
+    recompute_chunk(n, tn, Bt, cs->B.sc, Ct, cs->C.sc, bs->A2, dt, dut, cs->Hs, cs->As, a->has_z ? ys : NULL);
     /* Output gate: dy -> gradient of the scan output (gt), dz; then dD. */
-    load_tile(a->dy + row, l, tk->nv, tn, gt);
+    load_tile(bs->dy, t0, tk->nv, tn, gt);
     if (a->has_z) {
-        load_tile(a->z + row, l, tk->nv, tn, zt);
+        load_tile(bs->z, t0, tk->nv, tn, zt);
         for (int t = 0; t < VL; ++t) {
             vec sig = vsigmoid(zt[t]);
             vec gz = gt[t] * (ys[t] + bs->D * ut[t]) * sig * (1 + zt[t] * (1 - sig));
             gt[t] *= zt[t] * sig;
             zt[t] = gz;
         }
-        store_tile(zt, a->dz + row, l, tk->nv, tn);
+        store_tile(zt, bs->dz, t0, tk->nv, tn, 0);
     }
     for (int t = 0; t < VL; ++t) bs->dD += gt[t] * ut[t];
-    adjoint_chunk(n, l, tn, a->B + bc, a->C + bc, bs->Av, dt, dut, ut, gt, bs->D, cs->Hs, cs->As, bs->G, bs->dA,
+    adjoint_chunk(n, tn, Bt, cs->B.sc, Ct, cs->C.sc, bs->Av, dt, dut, ut, gt, bs->D, cs->Hs, cs->As, bs->G, bs->dA,
                   cs->Pb, cs->Pc, cs->ddt, cs->ddu);
     for (int t = 0; t < VL; ++t) {
         if (a->softplus) cs->ddt[t] *= vsigmoid(xt[t]);
         bs->dbias += cs->ddt[t];
     }
-    store_tile(cs->ddu, a->du + row, l, tk->nv, tn);
-    store_tile(cs->ddt, a->ddelta + row, l, tk->nv, tn);
+    store_tile(cs->ddu, bs->du, t0, tk->nv, tn, add);
+    store_tile(cs->ddt, bs->ddelta, t0, tk->nv, tn, 0);
 }
 
-/* Number of backward tasks per (batch, group): parts of ``per`` channel blocks, the last one possibly shorter. */
-static int64_t nparts(const scan_args *a) { return (a->nblk + a->per - 1) / a->per; }
-
-/* Backward task: part ``task % nparts`` of the channel blocks of one (batch, group), all blocks advancing chunk by
- * chunk so that their dB/dC terms are summed over lanes once per chunk; dB/dC rows are (b, g * nparts, n, l). */
-static int bwd_task(const scan_args *a, int64_t task) {
-    const int64_t n = a->n, l = a->l, d = a->d, nchunk = (l + VL - 1) / VL;
-    const int64_t part = task % nparts(a), bg = task / nparts(a), per = a->per;
-    const int64_t blk0 = part * per, nb = (blk0 + per < a->nblk ? per : a->nblk - blk0); /* >= 1 */
-    real *dB = a->dB + task * n * l, *dC = a->dC + task * n * l;
+/* Backward of the channel blocks [blk0, blk0 + nb) of part ``part`` of group gi in batch element bi, all blocks
+ * advancing chunk by chunk so that their dB/dC terms are summed over lanes once per chunk; dB/dC rows are
+ * (b, g * nparts, n, l). ``add``: du is added to (the groups share it). */
+static int bwd_group(const scan_args *a, int64_t bi, int64_t gi, int64_t part, int64_t blk0, int64_t nb, int add) {
+    const int64_t n = a->n, l = a->l, d = a->d, nchunk = (l + VL - 1) / VL, row = gi * nparts(a) + part;
+    const view dB = row_view(a, a->dB, &a->ldB, bi, row, gi), dC = row_view(a, a->dC, &a->ldC, bi, row, gi);
     vec *ws = aligned_alloc(64, sizeof(vec) * (4 * nb * n + (VL + 1) * n + 3 * VL * n + 9 * VL));
     block_state *bs = aligned_alloc(64, sizeof(block_state) * nb); /* holds vectors: 64-byte aligned */
     if (!ws || !bs) {
@@ -428,13 +578,22 @@ static int bwd_task(const scan_args *a, int64_t task) {
     cs.ut = cs.Pc + VL * n;
     cs.xt = cs.ut + VL, cs.dt = cs.xt + VL, cs.dut = cs.dt + VL, cs.gt = cs.dut + VL, cs.ys = cs.gt + VL;
     cs.zt = cs.ys + VL, cs.ddt = cs.zt + VL, cs.ddu = cs.ddt + VL;
+    cs.B = row_view(a, a->B, &a->lB, bi, gi, gi);
+    cs.C = row_view(a, a->C, &a->lC, bi, gi, gi);
     for (int64_t i = 0; i < nb; ++i) {
         block_state *b = &bs[i];
-        b->tk = block_of(a, bg / a->g, bg % a->g, blk0 + i);
+        b->tk = block_of(a, bi, gi, blk0 + i);
         b->A2 = ws + 4 * i * n, b->Av = b->A2 + n, b->G = b->Av + n, b->dA = b->G + n;
         b->bias = channel_lanes(a->bias, &b->tk);
         b->D = channel_lanes(a->D, &b->tk);
         b->dD = b->dbias = vsplat(0);
+        b->u = block_view(a, a->u, &a->lu, &b->tk);
+        b->delta = block_view(a, a->delta, &a->ldelta, &b->tk);
+        b->dy = block_view(a, a->dy, &a->ldy, &b->tk);
+        b->du = block_view(a, a->du, &a->ldu, &b->tk);
+        b->ddelta = block_view(a, a->ddelta, &a->lddelta, &b->tk);
+        b->z = a->has_z ? block_view(a, a->z, &a->lz, &b->tk) : b->u;
+        b->dz = a->has_z ? block_view(a, a->dz, &a->ldz, &b->tk) : b->u;
         for (int64_t k = 0; k < n; ++k) {
             b->Av[k] = load_lanes(a->A + b->tk.c0 * n + k, n, b->tk.nv);
             b->A2[k] = b->Av[k] * LOG2E;
@@ -445,8 +604,8 @@ static int bwd_task(const scan_args *a, int64_t task) {
     for (int64_t ci = nchunk - 1; ci >= 0; --ci) {
         const int64_t t0 = ci * VL;
         for (int64_t i = 0; i < 2 * n * VL; ++i) cs.Pb[i] = vsplat(0); /* Pb and Pc */
-        for (int64_t i = 0; i < nb; ++i) bwd_chunk(a, &bs[i], ci, &cs);
-        store_lane_sums(n, l, (int)(l - t0 < VL ? l - t0 : VL), cs.Pb, cs.Pc, dB + t0, dC + t0);
+        for (int64_t i = 0; i < nb; ++i) bwd_chunk(a, &bs[i], ci, &cs, add);
+        store_lane_sums(n, t0, (int)(l - t0 < VL ? l - t0 : VL), cs.Pb, cs.Pc, dB, dC);
     }
     for (int64_t i = 0; i < nb; ++i) {
         const task_t *tk = &bs[i].tk;
@@ -459,13 +618,22 @@ static int bwd_task(const scan_args *a, int64_t task) {
     return 0;
 }
 
+/* Backward task: its groups in turn (see task_range). */
+static int bwd_task(const scan_args *a, int64_t task) {
+    const task_range r = task_range_of(a, task);
+    int err = 0;
+    for (int64_t gi = r.g0; gi < r.g0 + r.ng && !err; ++gi)
+        err = bwd_group(a, r.bi, gi, r.part, r.blk0, r.nb, gi > r.g0);
+    return err;
+}
+
 /* Entry point: runs every task of the forward (backward = 0) or the backward. Built with OpenMP, the tasks are
  * shared by ``nthreads`` threads of the OpenMP runtime, which is torch's own when torch loaded a libgomp.so.1 (the
  * loader resolves our dependency to the library already loaded), so no second pool competes for the cores. Built
  * without it, each caller thread runs tasks first, first + step, ... (the caller releases the GIL). Returns 0, or
  * -1 if a work buffer could not be allocated. */
 int scan_run(const scan_args *a, int backward, int64_t first, int64_t step, int nthreads) {
-    const int64_t ntask = a->b * a->g * (backward ? nparts(a) : a->nblk);
+    const int64_t ntask = ntasks(a);
     int err = 0;
 #ifdef _OPENMP
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads) reduction(| : err)

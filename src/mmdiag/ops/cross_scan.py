@@ -3,14 +3,29 @@
 The four directions are, in order: row-major, column-major, reversed row-major, reversed column-major. The two
 operations are adjoint linear maps, so each one's backward is the other one's forward; the autograd Functions below
 use that instead of recording flips and transposes.
+
+:func:`cross_selective_scan` is the whole of SS2D's scan (unfold, selective scan per direction, merge) on a
+channels-last map. On CPU the fused kernels read the map in each direction's order and write each direction's
+output in grid order, so nothing is unfolded or transposed in memory; other implementations run the three steps.
 """
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor
 
-__all__ = ["cross_scan", "cross_merge", "cross_scan_ref", "cross_merge_ref"]
+from mmdiag.ops.selective_scan import resolve_impl, selective_scan
+
+__all__ = [
+    "cross_scan",
+    "cross_merge",
+    "cross_scan_ref",
+    "cross_merge_ref",
+    "cross_selective_scan",
+    "direction_positions",
+]
 
 
 def _check_scan_input(x: Tensor) -> None:
@@ -108,3 +123,90 @@ def cross_merge_ref(y: Tensor, H: int, W: int) -> Tensor:
     rows = y[:, 0] + y[:, 2].flip(-1)
     cols = y[:, 1] + y[:, 3].flip(-1)
     return rows.view(B, C, H, W) + cols.view(B, C, W, H).transpose(2, 3)
+
+
+@functools.lru_cache(maxsize=32)
+def direction_positions(H: int, W: int, K: int = 4) -> Tensor:
+    """Where each scan direction reads: ``(K, H*W)`` row-major grid indices, step by step.
+
+    Args:
+        H: Grid height.
+        W: Grid width.
+        K: 4 for :func:`cross_scan`'s directions, 1 for the row-major one only.
+
+    Returns:
+        An int64 CPU tensor (cached; do not modify it).
+    """
+    rows = torch.arange(H * W)
+    cols = rows.view(H, W).t().reshape(-1)
+    return torch.stack([rows, cols, rows.flip(0), cols.flip(0)])[:K].contiguous()
+
+
+def cross_selective_scan(
+    x: Tensor,
+    deltas: Tensor,
+    A: Tensor,
+    Bs: Tensor,
+    Cs: Tensor,
+    Ds: Tensor | None = None,
+    delta_bias: Tensor | None = None,
+    delta_softplus: bool = True,
+    *,
+    impl: str = "auto",
+) -> Tensor:
+    """SS2D's scan on a channels-last map: a selective scan along each direction, mapped back and summed.
+
+    Equals ``cross_merge(selective_scan(cross_scan(x), unfolded deltas, A, unfolded Bs, Cs, Ds, ...))`` for K = 4
+    (one plain row-major scan for K = 1). Step sizes and B/C are given per grid position, as per-token projections
+    produce them: direction k reads position ``direction_positions(H, W, K)[k, t]`` at step t.
+
+    Args:
+        x: Scan input ``(b, H, W, d)``, shared by the directions.
+        deltas: Step sizes ``(K, b, H, W, d)`` before bias and softplus.
+        A: ``(K*d, n)``, real.
+        Bs: Input matrices ``(b, H, W, K, n)`` (any strides, e.g. a view of a projection's output).
+        Cs: Output matrices, like ``Bs``.
+        Ds: Skip weights ``(K*d,)``.
+        delta_bias: ``(K*d,)``, added to the step sizes before the softplus.
+        delta_softplus: Apply softplus to the step sizes.
+        impl: :func:`mmdiag.ops.selective_scan` implementation; on CPU the fused one reads the map in place.
+
+    Returns:
+        ``(b, H, W, d)`` in float32 (float64 for float64 ``x``).
+
+    Raises:
+        ValueError: A shape does not fit ``x`` and ``deltas``, or K is not 1 or 4.
+    """
+    if x.dim() != 4 or deltas.dim() != 5 or deltas.shape[1:] != x.shape or deltas.shape[0] not in (1, 4):
+        raise ValueError(
+            f"cross_selective_scan: x must be (b, H, W, d) and deltas (K, b, H, W, d) with K 1 or 4, got "
+            f"{tuple(x.shape)} and {tuple(deltas.shape)}"
+        )
+    K, b, H, W, d = deltas.shape
+    n, L = A.shape[-1], H * W
+    for name, t in (("Bs", Bs), ("Cs", Cs)):
+        if tuple(t.shape) != (b, H, W, K, n):
+            raise ValueError(f"cross_selective_scan: {name} must be (b, H, W, K, n) = {(b, H, W, K, n)}, got "
+                             f"{tuple(t.shape)}")  # fmt: skip
+    f = torch.promote_types(x.dtype, torch.float32)
+    pos = direction_positions(H, W, K)
+    Bseq, Cseq = (t.to(f).flatten(1, 2).permute(0, 2, 3, 1) for t in (Bs, Cs))  # (b, K, n, L), grid order
+    if resolve_impl(impl, x) == "fused":
+        from mmdiag.ops._scan_cpu import fused_grouped_scan
+
+        u = x.to(f).reshape(b, 1, L, d).transpose(2, 3)  # (b, 1, d, L): every direction reads the map
+        y = fused_grouped_scan(
+            u, deltas.to(f).reshape(K, b, L, d).permute(1, 0, 3, 2), A, Bseq, Cseq, Ds, delta_bias, pos,
+            delta_softplus,
+        )  # fmt: skip
+        return y.transpose(2, 3).reshape(b, H, W, d)  # the directions' sum, in x's layout: no copy
+    pos = pos.to(x.device)
+    u = cross_scan(x.permute(0, 3, 1, 2)) if K == 4 else x.reshape(b, 1, L, d).transpose(2, 3)
+    dts = torch.stack([deltas[k].reshape(b, L, d)[:, pos[k]].transpose(1, 2) for k in range(K)], 1)
+    Bseq, Cseq = (torch.stack([t[:, k][..., pos[k]] for k in range(K)], 1) for t in (Bseq, Cseq))
+    ys = selective_scan(
+        u.reshape(b, K * d, L), dts.reshape(b, K * d, L), A, Bseq, Cseq, Ds, delta_bias=delta_bias,
+        delta_softplus=delta_softplus, impl=impl,
+    ).view(b, K, d, L)  # fmt: skip
+    y = cross_merge(ys, H, W) if K == 4 else ys.view(b, d, H, W)
+    return y.permute(0, 2, 3, 1).to(f)

@@ -148,7 +148,7 @@ def selective_scan(
         ScanImplError: The explicitly requested ``impl`` cannot run here.
     """
     _check_shapes(u, delta, A, B, C, D, z, delta_bias)
-    fn = _resolve(impl, u)
+    fn = _FNS[resolve_impl(impl, u)]
     return fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
 
 
@@ -301,22 +301,23 @@ def _unavailable_reason(impl: str, u: Tensor) -> str | None:
     return None
 
 
-def _resolve(impl: str, u: Tensor):
-    """Map ``impl`` to an implementation for ``u``'s device; see :func:`selective_scan`."""
+def resolve_impl(impl: str, u: Tensor) -> str:
+    """The implementation (``"ref"``, ``"torch"``, ``"fused"`` or ``"cuda"``) that ``impl`` runs on ``u``'s device;
+    see :func:`selective_scan` for the errors."""
     if impl not in IMPLS:
         raise UnknownNameError("selective_scan impl", impl, IMPLS)
     if impl in ("auto", "fast"):
         preferred = _FAST.get(u.device.type)
         if preferred is None:
-            return _FNS["torch"]
+            return "torch"
         reason = _unavailable_reason(preferred, u)
         if reason is None:
-            return _FNS[preferred]
+            return preferred
         if preferred not in _noticed:
             _noticed.add(preferred)
             log.warning("selective_scan: impl=%r falls back from %r to 'torch': %s", impl, preferred, reason)
-        return _FNS["torch"]
+        return "torch"
     reason = _unavailable_reason(impl, u)
     if reason is not None:
         raise ScanImplError(f"selective_scan impl={impl!r} cannot run: {reason}")
-    return _FNS[impl]
+    return impl

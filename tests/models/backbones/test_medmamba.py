@@ -288,7 +288,7 @@ def test_count_macs_conv_linear_agrees_with_torch_flop_counter():
 def test_count_macs_medmamba_t_224(monkeypatch):
     """MedMamba-T at 224²: conv+Linear 2.006G (the paper's 2.0G), total with the scan 2.534G (notes §1b)."""
     # The counts depend on shapes only: skip the sequential scan's 3136 steps on the meta device.
-    monkeypatch.setattr(ss2d_module, "selective_scan", lambda u, *args, **kwargs: torch.zeros_like(u))
+    monkeypatch.setattr(ss2d_module, "cross_selective_scan", lambda x, *args, **kwargs: torch.zeros_like(x))
     macs = count_macs(meta_model("medmamba_t"))
     assert (macs.conv, macs.linear, macs.ssm_proj, macs.scan) == (1_398_781_440, 607_696_896, 236_027_904, 291_723_264)
     assert round(macs.conv_linear / 1e9, 3) == 2.006 and round(macs.total / 1e9, 3) == 2.534

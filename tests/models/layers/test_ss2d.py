@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from mmdiag.models.layers.ss2d import SS2D, project_and_scan, scan_macs
 from mmdiag.models.layers.vss import VSSBlock
+from mmdiag.ops import selective_scan_ref
 
 LAYOUTS = Path(__file__).parents[2] / "fixtures" / "checkpoint_layouts"
 
@@ -55,14 +56,15 @@ def _randomise(m: torch.nn.Module, seed: int = 0) -> None:
             p.add_(0.1 * torch.randn(p.shape, generator=g, dtype=p.dtype))
 
 
+@pytest.mark.parametrize("impl", ["ref", "fused"])
 @pytest.mark.parametrize(
     "context_mats,hw",
     [("none", (3, 4)), ("none", (1, 5)), ("C", (3, 4)), ("BC", (4, 3))],
 )
-def test_ss2d_matches_stepwise_reference(context_mats, hw):
+def test_ss2d_matches_stepwise_reference(context_mats, hw, impl):
     torch.manual_seed(0)
     kw = dict(context_mats=context_mats, d_context=6) if context_mats != "none" else {}
-    m = SS2D(d_model=5, d_state=3, scan_impl="ref", **kw).double()
+    m = SS2D(d_model=5, d_state=3, scan_impl=impl, **kw).double()
     _randomise(m)
     x = torch.randn(2, *hw, 5, dtype=torch.float64)
     ctx = torch.randn(2, *hw, 6, dtype=torch.float64) if context_mats != "none" else None
@@ -141,16 +143,27 @@ def test_ss2d_bad_options_and_input():
 
 
 def test_project_and_scan_single_direction_with_given_mats():
-    """K = 1 with B and C supplied (the Cross-Modal Mamba use): x_proj only yields Δ; wrong row counts raise."""
+    """K = 1 with B and C supplied (a Cross-Modal-Mamba-style use): one row-major scan of the map, equal to the
+    selective scan of the flattened tokens; x_proj only yields Δ; wrong row counts raise."""
     torch.manual_seed(0)
-    b, d, n, r, l = 2, 6, 3, 2, 5
-    xs = torch.randn(b, 1, d, l)
-    Bs, Cs = torch.randn(b, 1, n, l), torch.randn(b, 1, n, l)
-    w_dt, dt_b, A_logs, Ds = torch.randn(1, d, r), torch.randn(1, d), torch.randn(d, n), torch.randn(d)
-    ys = project_and_scan(xs, torch.randn(1, r, d), w_dt, dt_b, A_logs, Ds, Bs=Bs, Cs=Cs, impl="ref")
-    assert ys.shape == (b, 1, d, l) and ys.dtype == torch.float32
+    b, d, n, r, H, W = 2, 6, 3, 2, 2, 3
+    x = torch.randn(b, H, W, d, dtype=torch.float64)
+    Bs, Cs = torch.randn(b, H, W, 1, n, dtype=torch.float64), torch.randn(b, H, W, 1, n, dtype=torch.float64)
+    w_x, w_dt, dt_b = torch.randn(1, r, d), torch.randn(1, d, r), torch.randn(1, d)
+    A_logs, Ds = torch.randn(d, n), torch.randn(d)
+    w_x, w_dt, dt_b, A_logs, Ds = (t.double() for t in (w_x, w_dt, dt_b, A_logs, Ds))
+    for impl in ("ref", "auto"):
+        ys = project_and_scan(x, w_x, w_dt, dt_b, A_logs, Ds, Bs=Bs, Cs=Cs, impl=impl)
+        assert ys.shape == (b, H, W, d) and ys.dtype == torch.float64
+        tokens = x.reshape(b, H * W, d)
+        delta = tokens @ w_x[0].T @ w_dt[0].T
+        expected = selective_scan_ref(
+            tokens.transpose(1, 2), delta.transpose(1, 2), -torch.exp(A_logs), Bs.reshape(b, H * W, n).transpose(1, 2),
+            Cs.reshape(b, H * W, n).transpose(1, 2), Ds, delta_bias=dt_b[0], delta_softplus=True,
+        )  # fmt: skip
+        torch.testing.assert_close(ys, expected.transpose(1, 2).reshape(b, H, W, d), rtol=1e-10, atol=1e-10)
     with pytest.raises(ValueError, match="x_proj_weight has 8 rows, expected dt_rank 2"):
-        project_and_scan(xs, torch.randn(1, r + 2 * n, d), w_dt, dt_b, A_logs, Ds, Cs=Cs)
+        project_and_scan(x, torch.randn(1, r + 2 * n, d), w_dt, dt_b, A_logs, Ds, Cs=Cs)
 
 
 def test_ss2d_scan_impl_ref_and_auto_agree():
@@ -169,6 +182,25 @@ def test_ss2d_scan_impl_ref_and_auto_agree():
     torch.testing.assert_close(outs[0], outs[1], rtol=1e-4, atol=1e-5)
     for g_ref, g_auto in zip(*grads):
         torch.testing.assert_close(g_ref, g_auto, rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("context_mats,gated", [("none", True), ("none", False), ("BC", True)])
+def test_ss2d_fused_gradients_equal_the_unfolding_path(context_mats, gated):
+    """float64: the fused path (map read in place) and the unfold/scan/merge path agree on every gradient."""
+    torch.manual_seed(0)
+    kw = dict(context_mats=context_mats, d_context=6) if context_mats != "none" else {}
+    m = SS2D(d_model=20, d_state=3, gated=gated, **kw).double()  # d_inner 40: two full 16-channel blocks + 8
+    _randomise(m)
+    x = torch.randn(2, 5, 7, 20, dtype=torch.float64, requires_grad=True)
+    ctx = torch.randn(2, 5, 7, 6, dtype=torch.float64, requires_grad=True) if context_mats != "none" else None
+    grads = []
+    for impl in ("torch", "fused"):
+        m.scan_impl = impl
+        out = m(x, ctx)
+        inputs = [x] + ([ctx] if ctx is not None else []) + list(m.parameters())
+        grads.append([out.detach(), *torch.autograd.grad(out.square().sum(), inputs)])
+    for g_torch, g_fused in zip(*grads):
+        torch.testing.assert_close(g_fused, g_torch, rtol=1e-9, atol=1e-10)
 
 
 def _official_scan_flops(B: int, L: int, D: int, N: int) -> float:

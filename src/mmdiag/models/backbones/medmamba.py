@@ -126,16 +126,19 @@ class SSConvSSM(nn.Module):
             nn.ReLU(inplace=True),
             nn.Conv2d(width, width, 1),
             nn.ReLU(inplace=True),
-        )
+        ).to(memory_format=torch.channels_last)  # weights in the layout the branch runs in: no per-call reorder
 
     def forward(self, x: Tensor) -> Tensor:
         conv_in, ssm_in = x.chunk(2, dim=-1) if self.split else (x, x)
         ssm = self.drop_path(self.self_attention(self.ln_1(ssm_in)))
-        conv = self.conv33conv33conv11(conv_in.permute(0, 3, 1, 2).contiguous()).permute(0, 2, 3, 1)
+        # The conv branch runs channels-last (oneDNN's fast layout on CPU); its output permutes back for free.
+        conv_in = conv_in.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
+        conv = self.conv33conv33conv11(conv_in).permute(0, 2, 3, 1)
         if not self.split:
             return x + conv + ssm
-        out = torch.cat([conv, ssm], dim=-1)
-        return (channel_shuffle(out, 2) if self.shuffle else out) + x
+        if self.shuffle:  # channel_shuffle(cat([conv, ssm]), 2), in one copy: channels 2j, 2j+1 = conv j, ssm j
+            return torch.stack([conv, ssm], dim=-1).flatten(-2) + x
+        return torch.cat([conv, ssm], dim=-1) + x
 
 
 class MedMambaStage(nn.Module):

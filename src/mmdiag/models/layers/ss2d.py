@@ -1,8 +1,8 @@
 """2D selective scan (SS2D; VMamba, Liu et al. 2024; MedMamba Sec. 3.2.2, Fig. 2, Alg. 1).
 
-SS2D unfolds a feature map along four directions (:func:`mmdiag.ops.cross_scan`), runs a selective scan (Mamba's S6)
-over each sequence with direction-specific projections, and sums the four results back onto the grid
-(:func:`mmdiag.ops.cross_merge`). Parameter names and shapes follow the official MedMamba / VMamba code, so their
+SS2D unfolds a feature map along four directions, runs a selective scan (Mamba's S6) over each sequence with
+direction-specific projections, and sums the four results back onto the grid (:func:`mmdiag.ops.cross_selective_scan`,
+which on CPU reads and writes the map in place instead of unfolding it). Parameter names and shapes follow the official MedMamba / VMamba code, so their
 checkpoints load without renaming: ``x_proj_weight (K, R+2N, D)``, ``dt_projs_weight (K, D, R)``,
 ``dt_projs_bias (K, D)``, ``A_logs (K*D, N)``, ``Ds (K*D,)``, ``in_proj``, ``conv2d``, ``out_norm``, ``out_proj``
 (K = 4 directions, D = d_inner, R = dt_rank, N = d_state).
@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mmdiag.ops import cross_merge, cross_scan, selective_scan
+from mmdiag.ops import cross_selective_scan
 
 __all__ = ["SS2D", "project_and_scan", "scan_macs"]
 
@@ -32,7 +32,7 @@ NUM_DIRECTIONS = 4
 
 
 def project_and_scan(
-    xs: Tensor,
+    x: Tensor,
     x_proj_weight: Tensor,
     dt_projs_weight: Tensor,
     dt_projs_bias: Tensor,
@@ -43,55 +43,49 @@ def project_and_scan(
     Cs: Tensor | None = None,
     impl: str = "auto",
 ) -> Tensor:
-    """Project K sequences to (Δ, B, C) and run one selective scan over all of them (VMamba ``forward_corev0``).
+    """Project a map to (Δ, B, C) per direction and run SS2D's scan over K = 4 directions (or 1, row-major) at once
+    (VMamba ``forward_corev0``, with the projections done per grid position before unfolding).
 
     Each direction k has its own projections: ``x_proj_weight[k]`` maps a token to ``[Δ_raw (R), B (N), C (N)]``
     (B and/or C rows are absent when given through ``Bs`` / ``Cs``), and ``Δ = dt_projs_weight[k] @ Δ_raw``; the
-    bias and softplus are applied inside the scan. B and C are shared by the channels of a direction (grouped
-    layout ``(b, K, N, L)``). The scan runs in at least float32 with ``A = -exp(A_logs)`` and skip ``Ds``.
+    bias and softplus are applied inside the scan. The projections are per token, so they are computed on the map
+    (one matmul for all directions) and :func:`mmdiag.ops.cross_selective_scan` reads each direction's order. The
+    scan runs in at least float32 with ``A = -exp(A_logs)`` and skip ``Ds``.
 
     Args:
-        xs: Sequences ``(b, K, D, L)``.
+        x: Channels-last map ``(b, H, W, D)``.
         x_proj_weight: ``(K, R + m*N, D)`` with m = number of B/C not supplied (2, 1 or 0).
         dt_projs_weight: ``(K, D, R)``.
         dt_projs_bias: ``(K, D)``.
         A_logs: ``(K*D, N)``.
         Ds: ``(K*D,)``.
-        Bs: Optional input matrices ``(b, K, N, L)`` computed elsewhere (e.g. from another sequence).
-        Cs: Optional output matrices ``(b, K, N, L)`` computed elsewhere.
+        Bs: Optional input matrices ``(b, H, W, K, N)`` computed elsewhere (e.g. from another map).
+        Cs: Optional output matrices ``(b, H, W, K, N)`` computed elsewhere.
         impl: :func:`mmdiag.ops.selective_scan` implementation.
 
     Returns:
-        Scan outputs ``(b, K, D, L)`` in float32 (float64 for float64 inputs), whatever the input dtype.
+        The directions' outputs summed on the grid, ``(b, H, W, D)``, in float32 (float64 for float64 inputs).
 
     Raises:
         ValueError: ``x_proj_weight`` has the wrong number of rows for the supplied ``Bs`` / ``Cs``.
     """
-    b, k, d, l = xs.shape
-    n, r = A_logs.shape[1], dt_projs_weight.shape[2]
+    b, H, W, d = x.shape
+    k, n, r = x_proj_weight.shape[0], A_logs.shape[1], dt_projs_weight.shape[2]
     sizes = [r] + [n] * ((Bs is None) + (Cs is None))
     if x_proj_weight.shape[1] != sum(sizes):
         raise ValueError(
             f"project_and_scan: x_proj_weight has {x_proj_weight.shape[1]} rows, expected dt_rank {r} + {n} per "
             f"matrix not supplied (Bs given: {Bs is not None}, Cs given: {Cs is not None}) = {sum(sizes)}"
         )
-    parts = list(torch.einsum("bkdl,kcd->bkcl", xs, x_proj_weight).split(sizes, dim=2))
-    dts = torch.einsum("bkrl,kdr->bkdl", parts.pop(0), dt_projs_weight)
+    parts = list(F.linear(x, x_proj_weight.flatten(0, 1)).unflatten(-1, (k, -1)).split(sizes, dim=-1))
+    dt_raw = parts.pop(0).permute(3, 0, 1, 2, 4).reshape(k, b * H * W, r)
+    deltas = torch.bmm(dt_raw, dt_projs_weight.transpose(1, 2)).view(k, b, H, W, d)
     Bs = parts.pop(0) if Bs is None else Bs
     Cs = parts.pop(0) if Cs is None else Cs
-    f = torch.promote_types(xs.dtype, torch.float32)
-    ys = selective_scan(
-        xs.to(f).reshape(b, k * d, l),
-        dts.to(f).reshape(b, k * d, l),
-        -torch.exp(A_logs.to(f)),
-        Bs.to(f),
-        Cs.to(f),
-        Ds.to(f),
-        delta_bias=dt_projs_bias.to(f).reshape(-1),
-        delta_softplus=True,
-        impl=impl,
+    f = torch.promote_types(x.dtype, torch.float32)
+    return cross_selective_scan(
+        x, deltas, -torch.exp(A_logs.to(f)), Bs, Cs, Ds.to(f), dt_projs_bias.to(f).reshape(-1), impl=impl
     )
-    return ys.view(b, k, d, l)
 
 
 def scan_macs(channels: int, length: int, d_state: int) -> int:
@@ -218,10 +212,13 @@ class SS2D(nn.Module):
         Bsz, H, W, _ = x.shape
         xz = self.in_proj(x)
         x, z = xz.chunk(2, dim=-1) if self.gated else (xz, None)
-        x = self.act(self.conv2d(x.permute(0, 3, 1, 2).contiguous()))
+        # The depthwise conv runs channels-last (oneDNN's fast layout), so its output is already the token-major
+        # map that the projections and the scan read.
+        x = self.act(self.conv2d(x.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)))
+        x = x.permute(0, 2, 3, 1)
         Bs, Cs = self._context_mats(context, (Bsz, H, W))
-        ys = project_and_scan(
-            cross_scan(x),
+        y = project_and_scan(
+            x,
             self.x_proj_weight,
             self.dt_projs_weight,
             self.dt_projs_bias,
@@ -231,7 +228,7 @@ class SS2D(nn.Module):
             Cs=Cs,
             impl=self.scan_impl,
         )
-        y = self.out_norm(cross_merge(ys, H, W).permute(0, 2, 3, 1).to(x.dtype))
+        y = self.out_norm(y.to(x.dtype))
         if z is not None:
             y = y * F.silu(z)
         return self.dropout(self.out_proj(y))
@@ -246,10 +243,10 @@ class SS2D(nn.Module):
         if context is None or tuple(context.shape) != expected:
             got = None if context is None else tuple(context.shape)
             raise ValueError(f"SS2D(context_mats={self.context_mats!r}): context must be {expected}, got {got}")
-        ctx = cross_scan(context.permute(0, 3, 1, 2).contiguous())
-        mats = torch.einsum("bkcl,kmc->bkml", ctx, self.context_proj_weight)
+        k = self.context_proj_weight.shape[0]
+        mats = F.linear(context, self.context_proj_weight.flatten(0, 1)).unflatten(-1, (k, -1))  # (B, H, W, K, m*N)
         if self.context_mats == "BC":
-            Bs, Cs = mats.split(self.d_state, dim=2)
+            Bs, Cs = mats.split(self.d_state, dim=-1)
             return Bs, Cs
         return None, mats
 
