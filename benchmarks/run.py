@@ -1,7 +1,9 @@
-"""``make bench``: run every benchmark module and write docs/benchmarks.md (atomically).
+"""``make bench``: run every benchmark module and update its section of docs/benchmarks.md (atomically, after
+each module).
 
 Each module ``benchmarks/bench_*.py`` has ``run() -> list[dict]`` and ``to_markdown(rows) -> str`` (and optionally
-``TITLE``). ``--only NAME`` runs one module; the others' sections are kept from the existing file.
+``TITLE``). ``--only NAME`` runs one module. A module's section (between ``<!-- NAME -->`` markers) is replaced in
+place; everything else in the file (header, hand-written sections) is kept.
 """
 
 from __future__ import annotations
@@ -29,8 +31,14 @@ def _machine() -> str:
             f"Python {platform.python_version()}, measured {time.strftime('%Y-%m-%d')}")
 
 
-def _sections(text: str) -> dict[str, str]:
-    return {m.group(1): m.group(0) for m in re.finditer(r"<!-- (bench_\w+) -->.*?<!-- /\1 -->", text, re.S)}
+HEADER = ("# Benchmarks\n\nFigures are written by `make bench`; each section below comes from "
+          "`benchmarks/<module>.py` and ends with the machine and date it was measured on. Sections without that line "
+          "are written by hand and say when and how they were measured.\n")
+
+
+def _section(name: str, title: str, body: str, seconds: float) -> str:
+    return (f"<!-- {name} -->\n## {title}\n\n{body}\n\n_({name}: {seconds:.0f} s; {_machine()})_\n"
+            f"<!-- /{name} -->")
 
 
 def main() -> None:
@@ -39,13 +47,9 @@ def main() -> None:
     p.add_argument("--only", action="append", help="run only these modules (others kept from the existing file)")
     args = p.parse_args()
     out = Path(args.output)
-    old = _sections(out.read_text()) if out.is_file() else {}
-    parts = ["# Benchmarks", "", f"Machine: {_machine()}.", "",
-             "Figures are written by `make bench`; each section below comes from `benchmarks/<module>.py`.", ""]
+    text = out.read_text() if out.is_file() else HEADER
     for name in MODULES:
         if args.only and name not in args.only:
-            if name in old:
-                parts += [old[name], ""]
             continue
         try:
             mod = importlib.import_module(f"benchmarks.{name}")
@@ -54,10 +58,13 @@ def main() -> None:
         print(f"running {name} ...", flush=True)
         start = time.time()
         rows = mod.run()
-        title = getattr(mod, "TITLE", name)
-        parts += [f"<!-- {name} -->", f"## {title}", "", mod.to_markdown(rows), "",
-                  f"_({name}: {time.time() - start:.0f} s)_", f"<!-- /{name} -->", ""]
-    atomic_write_text(out, "\n".join(parts))
+        section = _section(name, getattr(mod, "TITLE", name), mod.to_markdown(rows), time.time() - start)
+        old = re.compile(rf"<!-- {name} -->.*?<!-- /{name} -->", re.DOTALL)
+        # replaced in place: the header and the hand-written sections around it stay as they are
+        found = old.search(text)
+        text = (text[:found.start()] + section + text[found.end():] if found
+                else text.rstrip("\n") + "\n\n" + section + "\n")
+        atomic_write_text(out, text)
     print(f"wrote {out}")
 
 
