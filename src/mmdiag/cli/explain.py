@@ -38,8 +38,8 @@ def _gradcam(args: argparse.Namespace) -> int:
     import torch
 
     from mmdiag.errors import ConfigError
-    from mmdiag.evaluation.scores import probabilities
     from mmdiag.evaluation.plots import safe_name
+    from mmdiag.evaluation.scores import probabilities
     from mmdiag.explain.gradcam import GradCAM, save_gradcam_panel
 
     predictor, loader, device = _load(args)

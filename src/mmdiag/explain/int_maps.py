@@ -6,8 +6,8 @@ what the heads classify, the map shows how much each patch contributes; the pape
 with [INT]. Multi-slice modalities get one map per slice (the tokens before slice pooling).
 
 Each PNG shows one case and modality: per slice row, the image, the map without [INT] and the map with [INT] as colour
-overlays on one colour scale with its colour bar, under a title naming the model, modality, case, split and n. Every file
-is written atomically.
+overlays on one colour scale with its colour bar, under a title naming the model, modality, case, split and n. Every
+file is written atomically.
 """
 
 from __future__ import annotations
@@ -157,7 +157,8 @@ def write_int_maps(model: EI, inputs: dict[str, torch.Tensor], out_dir: str | os
             x = inputs[m][i: i + 1]
             if branch.encoder.layout.volume:
                 x = x.transpose(1, 2)
-            slices = x.reshape(branch.encoder.layout.k, branch.encoder.layout.chans, *x.shape[-2:]).float().cpu().numpy()
+            k, chans = branch.encoder.layout.k, branch.encoder.layout.chans
+            slices = x.reshape(k, chans, *x.shape[-2:]).float().cpu().numpy()
             fig = int_maps_figure(slices, maps[m]["without_int"][i], maps[m]["with_int"][i],
                                   branch.encoder.vit.patch_size, int_maps_title(m, cid, model_name, split, i + 1, n),
                                   alpha)
