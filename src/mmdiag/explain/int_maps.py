@@ -85,7 +85,7 @@ def int_maps_figure(slices: Sequence[np.ndarray], without_int: torch.Tensor, wit
                     title: str, alpha: float = 0.5, cmap: str = "jet") -> Figure:
     """One case's figure: a row per slice with [image | map without [INT] | map with [INT]] over the image.
 
-    Both maps of every row share one colour scale (the figure's range of similarities), shown by the colour bar.
+    All maps share one colour scale (the range of the similarities shown), given by the colour bar.
     Image panels have no axes (pixel positions carry no meaning).
 
     Args:
@@ -99,25 +99,25 @@ def int_maps_figure(slices: Sequence[np.ndarray], without_int: torch.Tensor, wit
     Returns:
         The :class:`matplotlib.figure.Figure` (Agg canvas).
     """
-    lo = float(min(without_int.min(), with_int.min()))
-    hi = float(max(without_int.max(), with_int.max()))
+    bases = [_display(img) for img in slices]
+    shown = [[_upsample(s, patch, base.shape[:2]) for s in pair] for base, pair in zip(bases, zip(without_int, with_int))]
+    lo, hi = min(float(m.min()) for pair in shown for m in pair), max(float(m.max()) for pair in shown for m in pair)
     norm = Normalize(lo, hi if hi > lo else lo + 1e-6)
     k = len(slices)
     fig = Figure(figsize=(8.4, 2.6 * k + 0.9), layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(k, 3, squeeze=False)
-    for row, (img, off, on) in enumerate(zip(slices, without_int, with_int)):
-        base = _display(img)
-        panels = [("image", None), ("without [INT]", off), ("with [INT]", on)]
-        for ax, (name, sim) in zip(axes[row], panels):
+    for row, (base, (off, on)) in enumerate(zip(bases, shown)):
+        for ax, (name, sim) in zip(axes[row], [("image", None), ("without [INT]", off), ("with [INT]", on)]):
             ax.imshow(base)
             if sim is not None:
-                ax.imshow(_upsample(sim, patch, base.shape[:2]), cmap=cmap, norm=norm, alpha=alpha)
+                ax.imshow(sim, cmap=cmap, norm=norm, alpha=alpha)
             ax.set(xticks=[], yticks=[], title=name if row == 0 else "")
         if k > 1:
             axes[row, 0].set_ylabel(f"slice {row + 1}")
-    fig.colorbar(ScalarMappable(norm, colormaps[cmap]), ax=axes, fraction=0.046,
-                 label="cosine similarity of patch token to [CLS]")
+    bar = fig.colorbar(ScalarMappable(norm, colormaps[cmap]), ax=axes, fraction=0.046,
+                       label="cosine similarity of patch token to [CLS]")
+    bar.formatter.set_useOffset(False)
     fig.suptitle(title, fontsize="medium")
     return fig
 

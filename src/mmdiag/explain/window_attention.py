@@ -64,7 +64,7 @@ def window_attention_figure(image: np.ndarray, attn: torch.Tensor, window: int, 
     a = attn.float().cpu().numpy()
     lo, hi = float(a.min()), float(a.max())
     norm = Normalize(lo, hi if hi > lo else lo + 1e-6)
-    fig = Figure(figsize=(8.0, 8.0 * h / (2 * w) + 1.1), layout="constrained")
+    fig = Figure(figsize=(8.0, 3.4 * h / w + 1.0), layout="constrained")
     FigureCanvasAgg(fig)
     left, right = fig.subplots(1, 2)
     left.imshow(base)
@@ -76,8 +76,9 @@ def window_attention_figure(image: np.ndarray, attn: torch.Tensor, window: int, 
         right.axvline(x - 0.5, color="white", linewidth=0.8)
     left.set(xticks=[], yticks=[], title="image")
     right.set(xticks=[], yticks=[], title=f"{a.shape[0]} x {a.shape[1]} windows of {window} px")
-    fig.colorbar(ScalarMappable(norm, colormaps[cmap]), ax=right, fraction=0.046,
-                 label="attention of [CLS] to the window (mean over heads)")
+    bar = fig.colorbar(ScalarMappable(norm, colormaps[cmap]), ax=right, fraction=0.046,
+                       label="attention of [CLS] to the window (mean over heads)")
+    bar.formatter.set_useOffset(False)  # near-uniform weights: full values, not "1e-5 + 2.002e-1"
     fig.suptitle(title, fontsize="medium")
     return fig
 
