@@ -11,7 +11,7 @@ from torch import nn
 
 from mmdiag.data.schema import CategoricalField, DatasetSpec, ImageModality, NumericField, TabularModality, TaskSpec
 from mmdiag.explain.permutation import field_columns, permutation_importance
-from mmdiag.explain.window_attention import region_attention, render_window_attention
+from mmdiag.explain.window_attention import region_attention, window_attention_figure, window_attention_title
 from mmdiag.models.backbones.remixformer_dermoscopy import DermoscopyBranch
 
 TINY = dict(img_size=64, window_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2, region_depth=2,
@@ -37,14 +37,23 @@ def test_window_attention_reproduces_the_last_blocks_cls_output():
     torch.testing.assert_close(w, a[:, :, 0, 1:].mean(1).reshape(2, 2, 3))
 
 
-def test_render_draws_one_block_per_window():
+def test_figure_draws_one_block_per_window_with_title_grid_and_colour_bar():
     img = np.zeros((3, 64, 96), dtype=np.float32)
     attn = torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 0.5]])
-    panel = render_window_attention(img, attn, 32)
-    assert panel.shape == (64, 192, 3) and panel.dtype == np.uint8
-    over = panel[:, 96:]
-    hot, cold = over[10:20, 40:50].reshape(-1, 3), over[10:20, 10:20].reshape(-1, 3)
-    assert (hot == hot[0]).all() and (cold == cold[0]).all() and not (hot[0] == cold[0]).all()
+    title = window_attention_title("derm", "c1", "remixformer_pp", "test", 1, 2)
+    assert title == "Region-encoder window attention | derm | case c1\nremixformer_pp, test split, case 1 of n = 2"
+    fig = window_attention_figure(img, attn, 32, title)
+    assert fig._suptitle.get_text() == title
+    bars = [ax for ax in fig.axes if ax.get_label() == "<colorbar>"]
+    assert len(bars) == 1 and bars[0].get_ylabel() == "attention of [CLS] to the window (mean over heads)"
+    assert bars[0].get_ylim() == pytest.approx((0.0, 1.0))
+    image, over = (ax for ax in fig.axes if ax.get_label() != "<colorbar>")
+    assert [image.get_title(), over.get_title()] == ["image", "2 x 3 windows of 32 px"]
+    assert all(not ax.get_xticks().size and not ax.get_yticks().size for ax in (image, over))
+    blocks = over.get_images()[1].get_array()
+    assert blocks.shape == (64, 96) and (blocks[:32, 32:64] == 1.0).all() and (blocks[32:, 64:] == 0.5).all()
+    assert sorted(round(line.get_xdata()[0]) for line in over.get_lines() if line.get_xdata()[0] == line.get_xdata()[1]
+                  ) == [32, 64]  # vertical window borders (at -0.5 px)
 
 
 class _OnlyField(nn.Module):
@@ -91,7 +100,8 @@ def test_cli_writes_panels_and_importance(tmp_path):
     run = train(cfg).run_dir
     assert main(["explain", "window-attention", "--run", str(run), "--cases", "2"]) == 0
     pngs = sorted((run / "explain").glob("window_attention_*.png"))
-    assert len(pngs) == 2 and Image.open(pngs[0]).size == (128, 64)
+    assert len(pngs) == 2 and all(p.name.startswith("window_attention_dermoscopy_") for p in pngs)
+    assert Image.open(pngs[0]).size[0] > 2 * 64  # two panels and a colour bar
     assert main(["explain", "permutation", "--run", str(run), "--repeats", "2"]) == 0
     frame = pd.read_csv(run / "explain" / "permutation_diagnosis_test.csv", index_col=0)
     spec = DatasetSpec.model_validate_json((run / "dataset_spec.json").read_text())

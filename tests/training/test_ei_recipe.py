@@ -62,10 +62,10 @@ def test_two_stages_end_to_end_with_resume_and_int_maps(tmp_path, manifest_yaml)
     from mmdiag.cli.main import main
 
     assert main(["explain", "int-maps", "--run", str(result.run_dir), "--cases", "2"]) == 0
-    maps = sorted((result.run_dir / "plots" / "int_maps").glob("*.png"))
-    assert sorted(p.name for p in maps) == sorted(f"{c}_{m}.png" for c in {p.name.split("_")[0] for p in maps}
-                                                  for m in ("photo", "scope"))
-    assert len(maps) == 4 and all(p.parent == result.run_dir / "plots" / "int_maps" for p in maps)
+    maps = sorted((result.run_dir / "explain").glob("int_maps_*.png"))
+    cases = {p.stem.split("_", 3)[3] for p in maps}
+    assert len(maps) == 4 and len(cases) == 2
+    assert sorted(p.name for p in maps) == sorted(f"int_maps_{m}_{c}.png" for c in cases for m in ("photo", "scope"))
 
 
 def test_stage_configs_check_the_model(tmp_path, manifest_yaml):

@@ -6,15 +6,10 @@ Everything is written into ``RUN/explain/`` (or ``--output``).
 from __future__ import annotations
 
 import argparse
-import re
 from pathlib import Path
 from typing import Any
 
 __all__ = ["register"]
-
-
-def _safe(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text)
 
 
 def _load(args: argparse.Namespace) -> tuple[Any, Any, str]:
@@ -43,6 +38,7 @@ def _gradcam(args: argparse.Namespace) -> int:
     import torch
 
     from mmdiag.errors import ConfigError
+    from mmdiag.evaluation.plots import safe_name
     from mmdiag.evaluation.scores import probabilities
     from mmdiag.explain.gradcam import GradCAM, save_gradcam_panel
 
@@ -74,7 +70,8 @@ def _gradcam(args: argparse.Namespace) -> int:
             prob = probabilities(spec, model(ready["inputs"], ready["present"]))[task]
         for j, cid in enumerate(sub["case_id"]):
             k = int(res.targets[j])
-            path = out_dir / f"{args.method}_{_safe(modality)}_{_safe(cid)}_{_safe(task)}-{_safe(classes[k])}.png"
+            name = f"{args.method}_{modality}_{cid}_{task}-{classes[k]}"
+            path = out_dir / f"{safe_name(name)}.png"
             title = (f"{predictor.cfg.model.name}, {args.split} case {cid} | {modality} | task {task}: {classes[k]} "
                      f"(p = {float(prob[j, k]):.3f})\n{'Grad-CAM++' if args.method == 'gradcampp' else 'Grad-CAM'} "
                      f"at {res.layer}")
@@ -92,6 +89,7 @@ def _gradcam(args: argparse.Namespace) -> int:
 
 def _ig(args: argparse.Namespace) -> int:
     from mmdiag.errors import ConfigError
+    from mmdiag.evaluation.plots import safe_name
     from mmdiag.explain.integrated_gradients import integrated_gradients, save_ig_panel
 
     predictor, loader, device = _load(args)
@@ -125,7 +123,7 @@ def _ig(args: argparse.Namespace) -> int:
                 k = int(res.targets[j])
                 title = (f"{predictor.cfg.model.name}, {args.split} case {cid} | {m} | task {task}: {classes[k]} "
                          f"(p = {float(res.probs[j]):.3f}) | IG, {args.baseline} baseline, {args.steps} steps")
-                path = save_ig_panel(out_dir / f"ig_{_safe(m)}_{_safe(cid)}.png", sub["inputs"][m][j],
+                path = save_ig_panel(out_dir / f"ig_{safe_name(m)}_{safe_name(cid)}.png", sub["inputs"][m][j],
                                      res.attributions[j], title)
                 print(f"{title} -> {path}")
         done += len(sub["case_id"])
@@ -233,7 +231,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     im.add_argument("--run", required=True, help="EI run folder (for ei_two_stage: its stage2_ei folder)")
     im.add_argument("--split", default="test", choices=["train", "val", "test"])
     im.add_argument("--cases", type=int, default=8, help="first N cases of the split")
-    im.add_argument("--output", help="output folder (default: RUN/plots/int_maps)")
+    im.add_argument("--output", help="output folder (default: RUN/explain)")
     im.set_defaults(fn=_int_maps)
 
     pm = sub.add_parser("permutation", help="record-field permutation importance per class (CSV + PNG heat map)")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -24,17 +25,24 @@ from mmdiag.errors import DataError
 from mmdiag.evaluation.metrics import one_vs_rest, validate_predictions
 from mmdiag.io.atomic import atomic_write_bytes
 
-__all__ = ["heading", "plot_roc", "plot_confusion", "training_series", "plot_training_curves"]
+__all__ = ["heading", "plot_roc", "plot_confusion", "training_series", "plot_training_curves", "save_figure",
+           "safe_name"]
 
 DPI = 120
 
 
-def _save(fig: Figure, path: str | os.PathLike) -> None:
+def save_figure(fig: Figure, path: str | os.PathLike) -> None:
     """Render ``fig`` as PNG bytes on the Agg canvas and write them atomically to ``path``."""
     FigureCanvasAgg(fig)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=DPI)
     atomic_write_bytes(path, buf.getvalue())
+
+
+def safe_name(text: str) -> str:
+    """``text`` usable in a file name: every run of characters other than letters, digits, ``.``, ``_``, ``-``
+    becomes ``_`` (case ids may hold path separators or spaces)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text)
 
 
 def heading(what: str, model: str | None, split: str | None, n: int | str | None) -> str:
@@ -107,7 +115,7 @@ def plot_roc(
            ylabel="sensitivity (true-positive rate)", title=heading(f"ROC: {task_name}", model, split, n))
     ax.set_aspect("equal")
     ax.legend(loc="lower right", fontsize="x-small")
-    _save(fig, path)
+    save_figure(fig, path)
     return fig
 
 
@@ -169,7 +177,7 @@ def plot_confusion(
         for i, (title, matrix, labels) in enumerate(panels):
             _draw_matrix(fig, fig.add_subplot(1, len(panels), i + 1), matrix, labels, title)
         fig.suptitle(heading(f"Confusion: {task_name}", model, split, n))
-    _save(fig, path)
+    save_figure(fig, path)
     return fig
 
 
@@ -289,5 +297,5 @@ def plot_training_curves(metrics_csv_path: str | os.PathLike, path: str | os.Pat
         ax.legend(fontsize="x-small")
     what = "Training curves" + (f" (best epoch {int(best_epoch)} by {best[0]})" if best_epoch is not None else "")
     fig.suptitle(heading(what, model, None, cases))
-    _save(fig, path)
+    save_figure(fig, path)
     return fig

@@ -5,13 +5,13 @@ computed twice, once with the reference modalities' [INT] tokens injected and on
 what the heads classify, the map shows how much each patch contributes; the paper reports more lesion-focused maps
 with [INT]. Multi-slice modalities get one map per slice (the tokens before slice pooling).
 
-PNG files show, per slice row, the image, the map without [INT] and the map with [INT] as colour overlays; the two maps
-of a row share one colour scale. Every file is written atomically.
+Each PNG shows one case and modality: per slice row, the image, the map without [INT] and the map with [INT] as colour
+overlays on one colour scale with its colour bar, under a title naming the model, modality, case, split and n. Every
+file is written atomically.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
@@ -21,12 +21,17 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from matplotlib import colormaps
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
+from matplotlib.figure import Figure
 
 from mmdiag.errors import ConfigError
-from mmdiag.io.atomic import atomic_write_bytes
+from mmdiag.evaluation.plots import safe_name, save_figure
 from mmdiag.models.nets.ei import EI
 
-__all__ = ["int_similarity_maps", "render_int_overlay", "write_int_maps", "int_maps_for_run"]
+__all__ = ["int_similarity_maps", "int_maps_figure", "int_maps_title", "write_int_maps", "int_maps_for_run"]
 
 _log = logging.getLogger(__name__)
 
@@ -76,52 +81,66 @@ def _upsample(sim: torch.Tensor, patch: int, size: tuple[int, int]) -> np.ndarra
     return up[0, 0, : size[0], : size[1]].cpu().numpy()
 
 
-def render_int_overlay(slices: Sequence[np.ndarray], without_int: torch.Tensor, with_int: torch.Tensor, patch: int,
-                       alpha: float = 0.5, cmap: str = "jet") -> np.ndarray:
-    """One RGB panel: a row per slice with [image | map without [INT] | map with [INT]] overlaid on the image.
+def int_maps_figure(slices: Sequence[np.ndarray], without_int: torch.Tensor, with_int: torch.Tensor, patch: int,
+                    title: str, alpha: float = 0.5, cmap: str = "jet") -> Figure:
+    """One case's figure: a row per slice with [image | map without [INT] | map with [INT]] over the image.
+
+    All maps share one colour scale (the range of the similarities shown), given by the colour bar.
+    Image panels have no axes (pixel positions carry no meaning).
 
     Args:
         slices: per slice, the image ``(c, H, W)`` (any range; min-max scaled for display).
         without_int, with_int: ``(k, gh, gw)`` similarity maps of one case.
         patch: the VFM's patch size (maps cover the zero-padded grid).
+        title: the figure title (model, modality, case, split and n: :func:`int_maps_title`).
         alpha: opacity of the colour map.
         cmap: matplotlib colour map name.
 
     Returns:
-        ``(k * H, 3 * W, 3)`` uint8.
+        The :class:`matplotlib.figure.Figure` (Agg canvas).
     """
-    from matplotlib import colormaps
+    bases = [_display(img) for img in slices]
+    shown = [[_upsample(s, patch, base.shape[:2]) for s in pair] for base, pair in zip(bases, zip(without_int, with_int))]
+    lo, hi = min(float(m.min()) for pair in shown for m in pair), max(float(m.max()) for pair in shown for m in pair)
+    norm = Normalize(lo, hi if hi > lo else lo + 1e-6)
+    k = len(slices)
+    fig = Figure(figsize=(8.4, 2.6 * k + 0.9), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(k, 3, squeeze=False)
+    for row, (base, (off, on)) in enumerate(zip(bases, shown)):
+        for ax, (name, sim) in zip(axes[row], [("image", None), ("without [INT]", off), ("with [INT]", on)]):
+            ax.imshow(base)
+            if sim is not None:
+                ax.imshow(sim, cmap=cmap, norm=norm, alpha=alpha)
+            ax.set(xticks=[], yticks=[], title=name if row == 0 else "")
+        if k > 1:
+            axes[row, 0].set_ylabel(f"slice {row + 1}")
+    bar = fig.colorbar(ScalarMappable(norm, colormaps[cmap]), ax=axes, fraction=0.046,
+                       label="cosine similarity of patch token to [CLS]")
+    bar.formatter.set_useOffset(False)
+    fig.suptitle(title, fontsize="medium")
+    return fig
 
-    colour = colormaps[cmap]
-    rows = []
-    for img, off, on in zip(slices, without_int, with_int):
-        base = _display(img)
-        size = base.shape[:2]
-        pair = [_upsample(off, patch, size), _upsample(on, patch, size)]
-        lo, hi = min(float(p.min()) for p in pair), max(float(p.max()) for p in pair)
-        panels = [base]
-        for p in pair:
-            heat = colour((p - lo) / (hi - lo) if hi > lo else np.zeros_like(p))[..., :3]
-            panels.append((1 - alpha) * base + alpha * heat)
-        rows.append(np.concatenate(panels, axis=1))
-    return (np.clip(np.concatenate(rows, axis=0), 0, 1) * 255).round().astype(np.uint8)
 
-
-def _png(array: np.ndarray) -> bytes:
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="PNG")
-    return buf.getvalue()
+def int_maps_title(modality: str, case_id: str, model: str, split: str | None, index: int, n: int) -> str:
+    """``"[INT] maps | <modality> | case <id>"`` over ``"<model>, <split> split, case <index> of n = <n>"``."""
+    where = f"{split} split, " if split else ""
+    return f"[INT] maps | {modality} | case {case_id}\n{model}, {where}case {index} of n = {n}"
 
 
 def write_int_maps(model: EI, inputs: dict[str, torch.Tensor], out_dir: str | os.PathLike,
                    case_ids: Sequence[str] | None = None, present: dict[str, torch.Tensor] | None = None,
-                   alpha: float = 0.5) -> list[Path]:
-    """Write ``<case_id>_<modality>.png`` overlays (see :func:`render_int_overlay`) for every present target.
+                   alpha: float = 0.5, model_name: str = "ei", split: str | None = None) -> list[Path]:
+    """Write ``int_maps_<modality>_<case_id>.png`` (see :func:`int_maps_figure`) for every present target.
+
+    Args:
+        model_name, split: named in the titles (with the number of cases in ``inputs``).
 
     Returns:
         The written files, in case then modality order.
+
+    Raises:
+        ConfigError: ``case_ids`` does not give one id per case.
     """
     maps = int_similarity_maps(model, inputs, present)
     n = next(iter(inputs.values())).shape[0]
@@ -138,11 +157,13 @@ def write_int_maps(model: EI, inputs: dict[str, torch.Tensor], out_dir: str | os
             x = inputs[m][i: i + 1]
             if branch.encoder.layout.volume:
                 x = x.transpose(1, 2)
-            slices = x.reshape(branch.encoder.layout.k, branch.encoder.layout.chans, *x.shape[-2:]).float().cpu().numpy()
-            panel = render_int_overlay(slices, maps[m]["without_int"][i], maps[m]["with_int"][i],
-                                       branch.encoder.vit.patch_size, alpha)
-            path = out_dir / f"{cid}_{m}.png"
-            atomic_write_bytes(path, _png(panel))
+            k, chans = branch.encoder.layout.k, branch.encoder.layout.chans
+            slices = x.reshape(k, chans, *x.shape[-2:]).float().cpu().numpy()
+            fig = int_maps_figure(slices, maps[m]["without_int"][i], maps[m]["with_int"][i],
+                                  branch.encoder.vit.patch_size, int_maps_title(m, cid, model_name, split, i + 1, n),
+                                  alpha)
+            path = out_dir / f"int_maps_{safe_name(m)}_{safe_name(cid)}.png"
+            save_figure(fig, path)
             written.append(path)
     _log.info("wrote %d [INT] map(s) to %s", len(written), out_dir)
     return written
@@ -154,7 +175,7 @@ def int_maps_for_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike | No
 
     Args:
         run_dir: the EI run folder (for ``ei_two_stage``: its ``stage2_ei`` folder).
-        out_dir: default ``<run_dir>/plots/int_maps``.
+        out_dir: default ``<run_dir>/explain``.
 
     Raises:
         ConfigError: the run is not an EI run, or ``split`` is not one of its splits.
@@ -177,5 +198,5 @@ def int_maps_for_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike | No
     ds = CaseDataset(table, indices, predictor.encoders, modalities=list(predictor.spec.modalities), seed=cfg.seed)
     batch = predictor.transform(collate_cases([ds[i] for i in range(len(ds))]), train=False)
     model = predictor.model.eval()
-    return write_int_maps(model, batch["inputs"], out_dir or run_dir / "plots" / "int_maps", batch["case_id"],
-                          batch["present"])
+    return write_int_maps(model, batch["inputs"], out_dir or run_dir / "explain", batch["case_id"], batch["present"],
+                          model_name=cfg.model.name, split=split)

@@ -152,6 +152,35 @@ def test_other_peft_methods_inside_ei(method, layers):  # Table 8 compares LoRA 
     assert not any(p.requires_grad for n, p in model.named_parameters() if "patch_embed" in n or ".norm1." in n)
 
 
+@pytest.mark.parametrize("method", ["mor", "lora", "vpt"])
+def test_grad_checkpointing_keeps_outputs_and_gradients(method):
+    """Every VFM block (with its adapters and the [INT] tokens it carries) is recomputed, nothing else changes."""
+    plain = _ei(SPEC2, vfm_peft=method, prior_modality="photo").train()
+    ckpt = _ei(SPEC2, vfm_peft=method, prior_modality="photo", grad_checkpointing=True).train()
+    assert all(b.grad_checkpointing for v in (*ckpt.aux.values(), *ckpt.primary.values()) for b in v.encoder.vit.blocks)
+    with torch.no_grad():  # B = 0 at init would leave the adapters' A matrices without gradient
+        for p in plain.parameters():
+            if p.requires_grad:
+                p.add_(0.1 * torch.randn_like(p))
+    ckpt.load_state_dict(plain.state_dict())
+    inputs = _inputs(SPEC2)
+    present = {"photo": torch.tensor([True, True, False]), "scope": torch.tensor([True, False, True])}
+    grads = []
+    for model in (plain, ckpt):
+        out = model(inputs, present)
+        loss = out["dx"].square().sum() + out[AUX_LOSS_KEY]["gate"][1]
+        loss = loss + sum(w * sum(z.square().sum() for z in t.values()) for w, t in out[AUX_KEY].values())
+        loss.backward()
+        grads.append({n: p.grad for n, p in model.named_parameters() if p.requires_grad})
+        if model is plain:
+            expected = out
+    torch.testing.assert_close(out["dx"], expected["dx"])
+    torch.testing.assert_close(out[AUX_KEY], expected[AUX_KEY])
+    assert grads[0].keys() == grads[1].keys() and all(g is not None for g in grads[0].values())
+    for name, g in grads[0].items():
+        torch.testing.assert_close(grads[1][name], g, msg=name)
+
+
 def test_missing_modality_content_is_ignored_and_takes_no_gate_weight():
     model = _ei(SPEC2, prior_modality="scope")
     x = _inputs(SPEC2)

@@ -27,13 +27,13 @@ from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
 from mmdiag.errors import ConfigError
 from mmdiag.models._factory import register_model
 from mmdiag.models.layers.drop import DropPath
 from mmdiag.models.layers.features import stage_indices
 from mmdiag.models.layers.patch_embed import PatchEmbed, PatchMerging
+from mmdiag.models.layers.recompute import recompute
 from mmdiag.models.layers.ss2d import SS2D
 from mmdiag.models.layers.vss import VSSBlock
 from mmdiag.models.layers.weight_init import init_vssm_weights
@@ -182,7 +182,7 @@ class MedMambaStage(nn.Module):
     def forward_blocks(self, x: Tensor) -> Tensor:
         """Run the blocks only (the stage's feature map before downsampling)."""
         for blk in self.blocks:
-            x = checkpoint(blk, x, use_reentrant=False) if self.use_checkpoint and self.training else blk(x)
+            x = recompute(blk, x) if self.use_checkpoint and self.training else blk(x)
         return x
 
     def forward(self, x: Tensor) -> Tensor:

@@ -18,11 +18,11 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from mmdiag.errors import ConfigError
 from mmdiag.models._factory import register_model
 from mmdiag.models.backbones.vit import Block, VisionTransformer, resample_pos_embed
+from mmdiag.models.layers.recompute import recompute
 
 __all__ = ["MSTA", "HRWE", "DermoscopyBranch", "OursD", "window_partition"]
 
@@ -115,7 +115,7 @@ class HRWE(nn.Module):
         outs = []
         for chunk in flat.split(self.chunk_size):
             if self.grad_checkpoint and self.training and torch.is_grad_enabled():
-                outs.append(checkpoint(self.encode_windows, chunk, use_reentrant=False))
+                outs.append(recompute(self.encode_windows, chunk))
             else:
                 outs.append(self.encode_windows(chunk))
         return torch.cat(outs).reshape(b, n, -1), grid

@@ -36,7 +36,6 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from mmdiag.errors import CheckpointError, ConfigError
 from mmdiag.models._factory import register_model
@@ -45,6 +44,7 @@ from mmdiag.models.layers.drop import DropPath
 from mmdiag.models.layers.input_norm import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from mmdiag.models.layers.mlp import Mlp, get_act_layer
 from mmdiag.models.layers.patch_embed import PatchEmbed
+from mmdiag.models.layers.recompute import recompute
 
 __all__ = ["VisionTransformer", "Block", "LayerScale", "checkpoint_filter_fn", "resample_pos_embed"]
 
@@ -105,7 +105,7 @@ class Block(nn.Module):
         """With ``grad_checkpointing`` (training with gradients), the block's activations are recomputed in the
         backward pass instead of stored (same result, less memory)."""
         if self.grad_checkpointing and self.training and torch.is_grad_enabled():
-            return checkpoint(self._forward, x, use_reentrant=False)
+            return recompute(self._forward, x)
         return self._forward(x)
 
 

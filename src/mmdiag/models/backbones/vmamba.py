@@ -24,12 +24,12 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
 from mmdiag.errors import ConfigError
 from mmdiag.models._factory import register_model
 from mmdiag.models.layers.features import stage_indices
 from mmdiag.models.layers.mlp import Mlp
+from mmdiag.models.layers.recompute import recompute
 from mmdiag.models.layers.vss import VSSBlock
 from mmdiag.models.layers.weight_init import init_vssm_weights
 
@@ -94,7 +94,7 @@ class VMambaStage(nn.Module):
     def forward_blocks(self, x: Tensor) -> Tensor:
         """The blocks only (the stage's map before downsampling)."""
         for blk in self.blocks:
-            x = checkpoint(blk, x, use_reentrant=False) if self.use_checkpoint and self.training else blk(x)
+            x = recompute(blk, x) if self.use_checkpoint and self.training else blk(x)
         return x
 
     def forward(self, x: Tensor) -> Tensor:
