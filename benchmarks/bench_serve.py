@@ -2,7 +2,7 @@
 
 For each model a tiny run is trained (1 epoch, so the weights are real but the accuracy is not the point), served by
 ``mmdiag serve`` in its own process, warmed up, then hit by ``CLIENTS`` threads, each posting one case (every image
-modality and the record, explanation maps on, as the page does) in a loop for ``SECONDS``. Reported: requests,
+modality and the record, explanation maps on, as the page does) in a loop for the model's time. Reported: requests,
 errors (any non-200), throughput, p50/p95 latency, and the server's resident memory (VmRSS, sampled every 0.25 s)
 after warm-up, at the end, its maximum, and the drift between the second and the last quarter of the run (a leak
 shows as a drift that grows with the run's length).
@@ -26,11 +26,12 @@ import numpy as np
 
 TITLE = "`mmdiag serve` under load: latency, throughput and server memory per model size"
 CLIENTS = 4
-SECONDS = 20.0
-MODELS = {  # label: (overrides, image side)
-    "small: middle_fusion (small_cnn), 32 px": (["model.name=middle_fusion"], 32),
-    "medium: late_fusion (resnet18), 224 px": (["model.name=late_fusion", "model.options.backbone=resnet18"], 224),
-    "large: late_fusion (medmamba_t), 224 px": (["model.name=late_fusion", "model.options.backbone=medmamba_t"], 224),
+MODELS = {  # label: (overrides, image side, seconds of load: long enough for about 100 requests)
+    "small: middle_fusion (small_cnn), 32 px": (["model.name=middle_fusion"], 32, 20.0),
+    "medium: late_fusion (resnet18), 224 px": (["model.name=late_fusion", "model.options.backbone=resnet18"], 224,
+                                                90.0),
+    "large: late_fusion (medmamba_t), 224 px": (["model.name=late_fusion", "model.options.backbone=medmamba_t"], 224,
+                                                90.0),
 }
 
 
@@ -65,7 +66,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _load(url: str, side: int, pid: int) -> dict[str, Any]:
+def _load(url: str, side: int, pid: int, seconds: float) -> dict[str, Any]:
     import httpx
 
     files = {"clinical": ("c.png", _png(side, 1), "image/png"), "dermoscopy": ("d.png", _png(side, 2), "image/png")}
@@ -93,14 +94,14 @@ def _load(url: str, side: int, pid: int) -> dict[str, Any]:
     start = time.perf_counter()
     for t in threads:
         t.start()
-    time.sleep(SECONDS)
+    time.sleep(seconds)
     stop.set()
     for t in threads:
         t.join()
     elapsed = time.perf_counter() - start
     q = max(len(rss) // 4, 1)
     lat = sorted(latencies)
-    return {"requests": len(lat), "errors": errors[0], "throughput": len(lat) / elapsed,
+    return {"seconds": seconds, "requests": len(lat), "errors": errors[0], "throughput": len(lat) / elapsed,
             "p50": statistics.median(lat), "p95": lat[min(len(lat) - 1, int(0.95 * len(lat)))],
             "rss_start": rss[0], "rss_end": rss[-1], "rss_max": max(rss),
             "drift": statistics.mean(rss[-q:]) - statistics.mean(rss[q:2 * q])}
@@ -110,7 +111,7 @@ def run() -> list[dict[str, Any]]:
     import httpx
 
     rows = []
-    for label, (overrides, side) in MODELS.items():
+    for label, (overrides, side, seconds) in MODELS.items():
         with tempfile.TemporaryDirectory() as tmp:
             run_dir = _train(Path(tmp), overrides, side)
             port = _free_port()
@@ -125,7 +126,7 @@ def run() -> list[dict[str, Any]]:
                     except httpx.TransportError:
                         time.sleep(0.1)
                 params = httpx.get(url + "/v1/model").json()["model"]["parameters"]
-                rows.append({"model": label, "parameters": params, **_load(url, side, server.pid)})
+                rows.append({"model": label, "parameters": params, **_load(url, side, server.pid, seconds)})
             finally:
                 server.terminate()
                 server.wait(30)
@@ -135,15 +136,17 @@ def run() -> list[dict[str, Any]]:
 
 def to_markdown(rows: list[dict[str, Any]]) -> str:
     load = rows[-1]["load"]
-    header = ("| model | parameters | requests | errors | requests/s | p50 (s) | p95 (s) | RSS after warm-up (MB) | "
-              "RSS end (MB) | RSS max (MB) | drift Q2→Q4 (MB) |")
-    lines = [header, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    header = ("| model | parameters | seconds | requests | errors | requests/s | p50 (s) | p95 (s) | "
+              "RSS after warm-up (MB) | RSS end (MB) | RSS max (MB) | drift Q2→Q4 (MB) |")
+    lines = [header, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows[:-1]:
-        lines.append(f"| {r['model']} | {r['parameters']:,} | {r['requests']} | {r['errors']} | "
+        lines.append(f"| {r['model']} | {r['parameters']:,} | {r['seconds']:.0f} | {r['requests']} | "
+                     f"{r['errors']} | "
                      f"{r['throughput']:.2f} | {r['p50']:.3f} | {r['p95']:.3f} | {r['rss_start']:.0f} | "
                      f"{r['rss_end']:.0f} | {r['rss_max']:.0f} | {r['drift']:+.1f} |")
     return "\n".join(lines) + (
-        f"\n\nMethod: {CLIENTS} client threads on the same machine for {SECONDS:.0f} s per model, each posting one "
+        f"\n\nMethod: {CLIENTS} client threads on the same machine for the given seconds per model, each posting "
+        "one "
         "case (two PNG images and four record fields, explanation maps on: Grad-CAM per image) in a loop to "
         "`mmdiag serve` "
         "(one process, one inference thread, CPU); latency is the client's round trip, including waiting in the "
