@@ -10,9 +10,9 @@ choices below hold for all of them:
   from the ``brk`` heap, where small long-lived allocations made in between (tensor and autograd objects) split the
   freed space into pieces too small for the next block: the heap keeps growing while PyTorch holds little. EI on
   ViT-S/14 (two 224² views, batch 8, one CPU training step) held about 0.3 GB of tensors beyond its weights, yet the
-  heap grew by 4 GB of free but resident memory. With the fixed threshold each allocation of at least
-  :data:`MMAP_THRESHOLD` bytes is its own mapping, unmapped when the tensor is freed, so the resident memory follows
-  what PyTorch holds. The price is a page fault per fresh page of such tensors; docs/benchmarks.md ("EI and the
+  heap grew by 4 GB of free but resident memory. With the fixed threshold an allocation of at least
+  :data:`MMAP_THRESHOLD` bytes that no free heap chunk fits gets its own mapping, unmapped when the tensor is freed
+  (and the heap stops growing for them), so the resident memory follows what PyTorch holds. The price is a page fault per fresh page of such tensors; docs/benchmarks.md ("EI and the
   Table 3 baselines") gives both figures.
 """
 
