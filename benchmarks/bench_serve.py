@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import io
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -60,12 +59,6 @@ def _rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _load(url: str, side: int, pid: int, seconds: float) -> dict[str, Any]:
     import httpx
 
@@ -110,21 +103,18 @@ def _load(url: str, side: int, pid: int, seconds: float) -> dict[str, Any]:
 def run() -> list[dict[str, Any]]:
     import httpx
 
+    from mmdiag.testing.server import free_port, wait_until_up
+
     rows = []
     for label, (overrides, side, seconds) in MODELS.items():
         with tempfile.TemporaryDirectory() as tmp:
             run_dir = _train(Path(tmp), overrides, side)
-            port = _free_port()
+            port = free_port()
             server = subprocess.Popen([sys.executable, "-m", "mmdiag", "serve", "--run", str(run_dir), "--port",
                                        str(port), "--queue", str(4 * CLIENTS)], stdout=subprocess.DEVNULL)
             try:
                 url = f"http://127.0.0.1:{port}"
-                for _ in range(600):
-                    try:
-                        httpx.get(url + "/healthz", timeout=1)
-                        break
-                    except httpx.TransportError:
-                        time.sleep(0.1)
+                wait_until_up(url, 120, server)
                 params = httpx.get(url + "/v1/model").json()["model"]["parameters"]
                 rows.append({"model": label, "parameters": params, **_load(url, side, server.pid, seconds)})
             finally:

@@ -9,12 +9,8 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +20,7 @@ from PIL import Image
 import mmdiag
 from mmdiag.cli.main import main
 from mmdiag.data.synthetic import synthetic
+from mmdiag.testing.server import free_port, wait_until_up
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 TOKEN = "case-page-test-token-0123"
@@ -35,14 +32,8 @@ def _predict(capsys, run: Path, *inputs: str) -> dict[str, dict[str, float]]:
     return json.loads(capsys.readouterr().out)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _start_server(run: Path, token_file: Path, log: Path) -> tuple[subprocess.Popen, str]:
-    port = _free_port()
+    port = free_port()
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(Path(mmdiag.__file__).parents[1]),
                                                                    os.environ.get("PYTHONPATH")])))
     proc = subprocess.Popen([sys.executable, "-m", "mmdiag", "serve", "--run", str(run), "--host", "127.0.0.1",
@@ -52,17 +43,10 @@ def _start_server(run: Path, token_file: Path, log: Path) -> tuple[subprocess.Po
 
 
 def _wait_healthy(proc: subprocess.Popen, url: str, log: Path, timeout: float = 90.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"mmdiag serve exited with {proc.returncode}:\n{log.read_text()}")
-        try:
-            with urllib.request.urlopen(url + "/healthz", timeout=2) as r:
-                if r.status == 200:
-                    return
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            time.sleep(0.3)
-    pytest.fail(f"mmdiag serve did not answer /healthz within {timeout:.0f} s:\n{log.read_text()}")
+    try:
+        wait_until_up(url, timeout, proc)
+    except RuntimeError as e:
+        pytest.fail(f"mmdiag serve: {e}:\n{log.read_text()}")
 
 
 def _require_chromium() -> None:

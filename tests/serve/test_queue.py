@@ -1,7 +1,6 @@
 """Bounded concurrency on a real uvicorn server: a full queue answers 503 at once, a slow prediction 504, and the
 server keeps serving."""
 
-import socket
 import threading
 import time
 
@@ -11,12 +10,7 @@ import uvicorn
 
 from mmdiag.serve.app import create_app
 from mmdiag.serve.service import CaseService
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from mmdiag.testing.server import free_port, wait_until_up
 
 
 @pytest.fixture
@@ -33,19 +27,14 @@ def serve(fusion_run):
             return {"ok": True}
 
         service.predict = blocking_predict
-        port = _free_port()
+        port = free_port()
         server = uvicorn.Server(uvicorn.Config(create_app(service, **app_options), host="127.0.0.1", port=port,
                                                log_level="warning"))
         thread = threading.Thread(target=server.run, daemon=True)
         thread.start()
         servers.append((server, thread, release))
         url = f"http://127.0.0.1:{port}"
-        for _ in range(100):
-            try:
-                httpx.get(url + "/healthz", timeout=1)
-                break
-            except httpx.TransportError:
-                time.sleep(0.05)
+        wait_until_up(url, 30)
         return url, release
 
     yield start
