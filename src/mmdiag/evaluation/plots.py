@@ -31,11 +31,11 @@ __all__ = ["heading", "plot_roc", "plot_confusion", "training_series", "plot_tra
 DPI = 120
 
 
-def save_figure(fig: Figure, path: str | os.PathLike) -> None:
+def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = DPI) -> None:
     """Render ``fig`` as PNG bytes on the Agg canvas and write them atomically to ``path``."""
     FigureCanvasAgg(fig)
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI)
+    fig.savefig(buf, format="png", dpi=dpi)
     atomic_write_bytes(path, buf.getvalue())
 
 

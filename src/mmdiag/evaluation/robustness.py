@@ -33,7 +33,6 @@ corruption x severity) and ``robustness_<metric>.png`` (a line per corruption ac
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import math
@@ -55,7 +54,7 @@ from mmdiag.errors import ConfigError, UnknownNameError
 from mmdiag.evaluation.metrics import evaluate_tasks, task_metrics
 from mmdiag.evaluation.report import fmt
 from mmdiag.evaluation.scores import probabilities
-from mmdiag.io.atomic import atomic_write_bytes, atomic_write_text
+from mmdiag.io.atomic import atomic_write_text
 
 __all__ = [
     "CORRUPTIONS",
@@ -396,14 +395,12 @@ def _markdown(result: dict[str, Any], spec: DatasetSpec, metrics: Sequence[str])
 def _plot(result: dict[str, Any], spec: DatasetSpec, metric: str, path: Path) -> Any:
     """One panel per task: the metric against severity per corruption, the clean score's 95 % CI shaded, legend
     outside the axes; the title names the model, the evaluated data and n."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from mmdiag.evaluation.plots import heading
+    from mmdiag.evaluation.plots import heading, save_figure
 
     tasks = list(spec.tasks)
     fig = Figure(figsize=(4.6 * len(tasks) + 1.9, 4.2), layout="constrained")
-    FigureCanvasAgg(fig)
     clean = result["clean"]
     severities = range(SEVERITIES + 1)
     for i, task in enumerate(tasks):
@@ -419,9 +416,7 @@ def _plot(result: dict[str, Any], spec: DatasetSpec, metric: str, path: Path) ->
     ax.legend(fontsize="small", loc="center left", bbox_to_anchor=(1.02, 0.5), borderaxespad=0)
     fig.suptitle(heading(f"Robustness to image corruptions: {METRIC_TITLES.get(metric, metric)}",
                          ", ".join(str(result[k]) for k in ("model", "data") if result.get(k)), None, None))
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
-    atomic_write_bytes(path, buf.getvalue())
+    save_figure(fig, path, dpi=120)
     return fig
 
 

@@ -635,7 +635,7 @@ def gradcam_panel(image: Tensor | np.ndarray, cam: Tensor | np.ndarray, title: s
 def save_gradcam_panel(path: str | Path, image: Tensor | np.ndarray, cam: Tensor | np.ndarray, title: str,
                        alpha: float = 0.5) -> Path:
     """Write :func:`gradcam_panel` as a PNG, atomically. Returns the path."""
-    buf = io.BytesIO()
-    gradcam_panel(image, cam, title, alpha).savefig(buf, format="png", dpi=100)
-    atomic_write_bytes(path, buf.getvalue())
+    from mmdiag.evaluation.plots import save_figure
+
+    save_figure(gradcam_panel(image, cam, title, alpha), path, dpi=100)
     return Path(path)

@@ -9,7 +9,6 @@ titled with modality, task, class and probability.
 
 from __future__ import annotations
 
-import io
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,6 @@ from torch import Tensor, nn
 
 from mmdiag.errors import ConfigError
 from mmdiag.explain.gradcam import overlay_heatmap
-from mmdiag.io.atomic import atomic_write_bytes
 
 __all__ = ["Baseline", "IGResult", "attribution_map", "integrated_gradients", "make_baseline", "save_ig_panel"]
 
@@ -120,14 +118,14 @@ def attribution_map(attr: Tensor) -> np.ndarray:
 
 def save_ig_panel(path: str | Path, image: Tensor, attr: Tensor, title: str, alpha: float = 0.5) -> Path:
     """Write a PNG with three panels, image | attribution | overlay, under ``title``, atomically."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+
+    from mmdiag.evaluation.plots import save_figure
 
     img = image.detach().cpu().float()
     heat = attribution_map(attr)
     shown = img.permute(1, 2, 0).numpy() if img.shape[0] == 3 else img.mean(0).numpy()
     fig = Figure(figsize=(9.0, 3.4), layout="constrained")
-    FigureCanvasAgg(fig)
     for i, (sub, data, cmap) in enumerate([("image", shown, "gray"), ("attribution", heat, "inferno"),
                                            ("overlay", overlay_heatmap(img.clamp(0, 1), heat, alpha, 1), None)]):
         ax = fig.add_subplot(1, 3, i + 1)
@@ -136,7 +134,5 @@ def save_ig_panel(path: str | Path, image: Tensor, attr: Tensor, title: str, alp
         if sub == "attribution":
             fig.colorbar(shown_ax, ax=ax, fraction=0.046, label="|attribution| / 99th percentile")
     fig.suptitle(title)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    atomic_write_bytes(path, buf.getvalue())
+    save_figure(fig, path, dpi=110)
     return Path(path)

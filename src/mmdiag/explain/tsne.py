@@ -13,7 +13,6 @@ The 2-D embedding is scikit-learn's ``TSNE`` (PCA initialisation, fixed seed).
 
 from __future__ import annotations
 
-import io
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -28,7 +27,7 @@ from torch.utils.data import DataLoader
 from mmdiag.data.schema import DatasetSpec, TaskSpec
 from mmdiag.data.transforms import BatchTransform
 from mmdiag.errors import ConfigError, DataError
-from mmdiag.io.atomic import atomic_write_bytes, atomic_write_text
+from mmdiag.io.atomic import atomic_write_text
 
 __all__ = ["penultimate_features", "extract_features", "tsne_embedding", "class_labels", "plot_tsne",
            "write_tsne"]
@@ -133,13 +132,13 @@ def plot_tsne(embedding: np.ndarray, labels: Sequence[str], path: str | Path, ti
         title: Figure title.
         order: Legend order (default: first appearance); ``unknown`` is drawn grey.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+
+    from mmdiag.evaluation.plots import save_figure
 
     names = list(dict.fromkeys([*(order or []), *labels]))
     names = [n for n in names if n in set(labels)]
     fig = Figure(figsize=(5.5, 5.0), layout="constrained")
-    FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     lab = np.asarray(labels)
     for name, colour in zip(names, _palette(len(names))):
@@ -148,9 +147,7 @@ def plot_tsne(embedding: np.ndarray, labels: Sequence[str], path: str | Path, ti
                    label=f"{name} ({len(pts)})")
     ax.set(title=title, xticks=[], yticks=[])
     ax.legend(fontsize="small", markerscale=1.5)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
-    atomic_write_bytes(path, buf.getvalue())
+    save_figure(fig, path, dpi=120)
     return Path(path)
 
 
