@@ -41,6 +41,14 @@ def png_bomb(width: int = 100_000, height: int = 100_000) -> bytes:
     return bytes(data)
 
 
+def jpeg_bomb(side: int = 65000) -> bytes:
+    """A JPEG whose frame header (SOF0) claims ``side`` x ``side`` pixels."""
+    data = bytearray(jpeg())
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5:sof + 9] = struct.pack(">HH", side, side)
+    return bytes(data)
+
+
 def png_corrupt_body() -> bytes:
     """A PNG with a valid header whose image data is garbage."""
     data = bytearray(png(size=32))

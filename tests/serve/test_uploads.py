@@ -70,6 +70,8 @@ def test_gzip_that_expands_past_its_header_is_stopped(payloads, tmp_path):
 def test_pixel_limit_and_file_size(payloads, tmp_path):
     assert _refused(payloads.png_bomb(5000, 5000), IMAGE, tmp_path, UploadLimits(max_pixels=10_000_000)).status == 413
     assert _refused(payloads.png(size=64), IMAGE, tmp_path, UploadLimits(max_pixels=1000)).status == 413
+    assert _refused(payloads.jpeg_bomb(5000), IMAGE, tmp_path, UploadLimits(max_pixels=10_000_000)).status == 413
+    assert _refused(payloads.jpeg_bomb(65000), IMAGE, tmp_path).status == 413  # past Pillow's own guard too
     assert _refused(payloads.png(), IMAGE, tmp_path, UploadLimits(max_file_bytes=100)).status == 413
     assert _refused(payloads.nifti(), IMAGE, tmp_path).status == 415
     assert _refused(payloads.png(), VOLUME, tmp_path).status == 415

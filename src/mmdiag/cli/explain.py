@@ -105,20 +105,12 @@ def _ig(args: argparse.Namespace) -> int:
     bad = [m for m in mods if m not in images]
     if bad:
         raise ConfigError(f"--modality {bad}: the model's image modalities are {images}")
-    norms = predictor.transform.norm
-
-    def normalize(name, x):
-        if name not in norms:
-            return x
-        mean, std = norms[name]
-        return (x - mean.to(x)) / std.to(x)
-
     out_dir, done = Path(args.output or Path(args.run) / "explain"), 0
     for batch in loader:
         sub = _to(batch, device, list(range(min(len(batch["case_id"]), args.cases - done))))
         for m in mods:
             res = integrated_gradients(model, sub["inputs"], sub["present"], m, task, baseline=args.baseline,
-                                       steps=args.steps, normalize=normalize)
+                                       steps=args.steps, normalize=predictor.transform.normalize)
             for j, cid in enumerate(sub["case_id"]):
                 k = int(res.targets[j])
                 title = (f"{predictor.cfg.model.name}, {args.split} case {cid} | {m} | task {task}: {classes[k]} "

@@ -18,6 +18,7 @@ import hmac
 import json
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from importlib import resources
 from typing import Any
 
@@ -169,17 +170,20 @@ def create_app(service: CaseService, *, token: str | None = None, queue_limit: i
         return _error(422, ".".join(map(str, first["loc"][1:])) or None, first["msg"])
 
     @app.middleware("http")
-    async def _auth(request: Request, call_next: Callable[[Request], Awaitable[Any]]) -> Any:
+    async def _no_cache_outside_api(request: Request, call_next: Callable[[Request], Awaitable[Any]]) -> Any:
+        response = await call_next(request)
         if not request.url.path.startswith("/v1/"):
-            response = await call_next(request)
             response.headers["Cache-Control"] = "no-cache"  # the page's files always match the installed version
-            return response
-        if token is not None:
+        return response
+
+    @app.middleware("http")
+    async def _auth(request: Request, call_next: Callable[[Request], Awaitable[Any]]) -> Any:
+        if token is not None and request.url.path.startswith("/v1/"):
             given = request.headers.get("authorization", "")
             if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-                return JSONResponse({"error": {"status": 401, "field": "Authorization",
-                                               "message": "a bearer token is required (Authorization: Bearer TOKEN)"}},
-                                    status_code=401, headers={"WWW-Authenticate": "Bearer"})
+                refused = _error(401, "Authorization", "a bearer token is required (Authorization: Bearer TOKEN)")
+                refused.headers["WWW-Authenticate"] = "Bearer"
+                return refused
         return await call_next(request)
 
     @app.get("/healthz", summary="liveness")
@@ -219,8 +223,6 @@ def create_app(service: CaseService, *, token: str | None = None, queue_limit: i
 
 
 def _lifespan(queue: InferenceQueue):
-    from contextlib import asynccontextmanager
-
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         yield

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import dataclasses
 import inspect
 import io
 import json
@@ -26,7 +27,7 @@ import numpy as np
 import torch
 
 from mmdiag.data.dataset import collate_cases
-from mmdiag.data.schema import CategoricalField, TabularModality
+from mmdiag.data.schema import CategoricalField, NumericField, TabularModality, TaskSpec
 from mmdiag.errors import MmdiagError, did_you_mean
 from mmdiag.evaluation.infer import Predictor, case_frame
 from mmdiag.evaluation.scores import probabilities
@@ -66,9 +67,9 @@ class CaseService:
         self.model.eval().to(self.device)
         self.predictor.transform.to(self.device)
         self.limits, self.ig_steps = limits or UploadLimits(), ig_steps
-        read = set(getattr(self.model, "modalities", self.spec.modalities))
-        self.modalities = [m for m in self.spec.modalities if m in read]
-        layers = getattr(self.model, "explain_layers", {})
+        # the model contract (MultimodalModel) says which inputs the model reads and where Grad-CAM looks
+        self.modalities = [m for m in self.spec.modalities if m in self.model.modalities]
+        layers = self.model.explain_layers
         self.methods: dict[str, str | None] = {}
         for m in self.modalities:
             if self.spec.modalities[m].kind == "tabular":
@@ -76,8 +77,8 @@ class CaseService:
             if explain == "gradcam" and m not in layers:
                 raise ConfigError(f"--explain gradcam: {self.predictor.cfg.model.name} names no Grad-CAM layer for "
                                   f"modality {m!r}; use --explain ig or auto")
-            self.methods[m] = (None if explain == "none" else "gradcam" if explain == "gradcam" or
-                               (explain == "auto" and m in layers) else "integrated_gradients")
+            gradcam = explain == "gradcam" or (explain == "auto" and m in layers)
+            self.methods[m] = None if explain == "none" else "gradcam" if gradcam else "integrated_gradients"
         self._cams: dict[str, Any] = {}
         self.card = self._model_card()
 
@@ -114,9 +115,7 @@ class CaseService:
                 + (f" (n = {metrics['tasks'][spec.main_task]['n']})." if metrics else " (not evaluated)."),
                 "Explanation maps show where the model's score is sensitive, not where the disease is.",
             ],
-            "upload_limits": {"max_file_bytes": self.limits.max_file_bytes,
-                              "max_request_bytes": self.limits.max_request_bytes,
-                              "max_pixels": self.limits.max_pixels, "max_voxels": self.limits.max_voxels},
+            "upload_limits": dataclasses.asdict(self.limits),
         }
 
     def _modality_card(self, name: str) -> dict[str, Any]:
@@ -227,16 +226,8 @@ class CaseService:
         else:
             from mmdiag.explain.integrated_gradients import attribution_map, integrated_gradients
 
-            norms = self.predictor.transform.norm
-
-            def normalize(name: str, x: torch.Tensor) -> torch.Tensor:
-                if name not in norms:
-                    return x
-                mean, std = norms[name]
-                return (x - mean.to(x)) / std.to(x)
-
             res = integrated_gradients(self.model, raw, present, modality, task, target=target, steps=self.ig_steps,
-                                       normalize=normalize)
+                                       normalize=self.predictor.transform.normalize)
             heat = attribution_map(res.attributions[0])
             detail = {"baseline": "black", "steps": self.ig_steps}
         image = raw[modality][0].detach().cpu().numpy()
@@ -261,7 +252,7 @@ def _json_record(name: str, raw: str) -> dict[str, Any]:
     return value
 
 
-def _check_value(key: str, field: Any, raw: str) -> None:
+def _check_value(key: str, field: NumericField | CategoricalField, raw: str) -> None:
     """Raise a 422 naming ``key`` when ``raw`` is not a valid value of ``field`` (empty = not provided)."""
     text = raw.strip()
     if not text:
@@ -282,7 +273,7 @@ def _check_value(key: str, field: Any, raw: str) -> None:
         raise UploadError(422, key, f"{key}: {text}{unit} is outside the valid range [{lo}, {hi}]{unit}")
 
 
-def _task_result(task: Any, p: torch.Tensor) -> dict[str, Any]:
+def _task_result(task: TaskSpec, p: torch.Tensor) -> dict[str, Any]:
     values = [round(float(v), 6) for v in p]
     probs = dict(zip(task.classes, values))
     if task.type == "multilabel":

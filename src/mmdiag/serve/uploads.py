@@ -1,11 +1,11 @@
 """Checking an uploaded file before anything decodes it: its type by content, its size, its pixel or voxel count.
 
-Every check reads headers only (PNG/JPEG through Pillow's lazy ``Image.open``, DICOM with ``stop_before_pixels``,
-NIfTI's 348-byte header, NumPy's ``.npy`` header), so a decompression bomb is refused before it is expanded. A
-gzip-compressed NIfTI is expanded here, with a bound computed from its header, and stored uncompressed, so no decoder
-ever sees an unbounded stream. The checked bytes are written into a private temporary folder under a suffix chosen
-from the content (never from the client's file name); the readers of :mod:`mmdiag.data.readers` then decode them
-exactly as ``mmdiag predict`` decodes files.
+Every check reads headers only (PNG's IHDR directly, JPEG through Pillow's lazy ``Image.open``, DICOM with
+``stop_before_pixels``, NIfTI's 348-byte header, NumPy's ``.npy`` header), so a decompression bomb is refused before
+it is expanded. A gzip-compressed NIfTI is expanded here, with a bound computed from its header, and stored
+uncompressed, so no decoder ever sees an unbounded stream. The checked bytes are written into a private temporary
+folder under a suffix chosen from the content (never from the client's file name); the readers of
+:mod:`mmdiag.data.readers` then decode them exactly as ``mmdiag predict`` decodes files.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from mmdiag.data.schema import ImageModality, Modality
 
@@ -109,6 +110,8 @@ def check_upload(field: str, data: bytes, modality: Modality, folder: Path, limi
             count = _nifti_voxels(data)
     except UploadError:
         raise
+    except Image.DecompressionBombError as e:  # Pillow's own guard (2 x Image.MAX_IMAGE_PIXELS) tripped first
+        raise UploadError(413, field, f"{field}: {e}") from e
     except Exception as e:
         raise UploadError(422, field, f"{field}: not a readable {kind.upper()} file ({type(e).__name__}: {e})") from e
     if count > limit:
@@ -120,20 +123,14 @@ def check_upload(field: str, data: bytes, modality: Modality, folder: Path, limi
 
 
 def _pil_pixels(data: bytes, kind: str) -> int:
-    """Pixel count from the header: PNG's IHDR read here, JPEG's frame header through Pillow's lazy open (whose own
-    bomb guard, at 2 x ``Image.MAX_IMAGE_PIXELS``, counts as over the limit)."""
+    """Pixel count from the header: PNG's IHDR read here, JPEG's frame header through Pillow's lazy open."""
     if kind == "png":
         if data[12:16] != b"IHDR":
             raise ValueError("the first chunk is not IHDR")
         width, height = struct.unpack(">II", data[16:24])
         return width * height
-    from PIL import Image
-
-    try:
-        with Image.open(io.BytesIO(data), formats=["JPEG"]) as im:  # reads the header only
-            width, height = im.size
-    except Image.DecompressionBombError:
-        return 2**63 - 1
+    with Image.open(io.BytesIO(data), formats=["JPEG"]) as im:  # reads the header only
+        width, height = im.size
     return width * height
 
 

@@ -95,6 +95,14 @@ class BatchTransform(nn.Module):
                 self.norm[name] = (torch.tensor(m.mean).view(-1, 1, 1), torch.tensor(std).view(-1, 1, 1))
         self.images = [n for n, m in spec.modalities.items() if isinstance(m, ImageModality)]
 
+    def normalize(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        """Modality ``name``'s images ``(B, C, H, W)`` in [0, 1] as the model sees them (its declared mean/std; other
+        modalities unchanged)."""
+        if name not in self.norm:
+            return x
+        mean, std = self.norm[name]
+        return (x - mean.to(x)) / std.to(x)
+
     def forward(self, batch: dict[str, Any], train: bool) -> dict[str, Any]:
         inputs = dict(batch["inputs"])
         params = None
@@ -112,9 +120,7 @@ class BatchTransform(nn.Module):
                     raise ConfigError(f"data.augment.image changes modality {name!r} from {size} to "
                                       f"{tuple(x.shape[2:])}; give size-setting augmentations (e.g. "
                                       f"RandomResizedCrop size) the modality's size")
-            if name in self.norm:
-                mean, std = self.norm[name]
-                x = (x - mean.to(x)) / std.to(x)
+            x = self.normalize(name, x)
             keep = batch["present"][name].to(x.device).view(-1, *([1] * (x.dim() - 1)))
             inputs[name] = torch.where(keep, x, torch.zeros_like(x))
         return {**batch, "inputs": inputs}
