@@ -184,23 +184,43 @@ def test_ss2d_scan_impl_ref_and_auto_agree():
         torch.testing.assert_close(g_ref, g_auto, rtol=1e-3, atol=1e-4)
 
 
-@pytest.mark.parametrize("context_mats,gated", [("none", True), ("none", False), ("BC", True)])
-def test_ss2d_fused_gradients_equal_the_unfolding_path(context_mats, gated):
+def _ss2d_outputs_and_grads(m: SS2D, x: torch.Tensor, ctx: torch.Tensor | None, impl: str) -> list[torch.Tensor]:
+    m.scan_impl = impl
+    out = m(x, ctx)
+    inputs = [x] + ([ctx] if ctx is not None else []) + list(m.parameters())
+    return [out.detach(), *torch.autograd.grad(out.square().sum(), inputs)]
+
+
+# d_state 16 with B/C from the projections takes the kernels' fixed-shape code (16 states, contiguous B/C rows).
+@pytest.mark.parametrize(
+    "context_mats,gated,d_state", [("none", True, 3), ("none", False, 3), ("BC", True, 3), ("none", True, 16)]
+)
+def test_ss2d_fused_gradients_equal_the_unfolding_path(context_mats, gated, d_state):
     """float64: the fused path (map read in place) and the unfold/scan/merge path agree on every gradient."""
     torch.manual_seed(0)
     kw = dict(context_mats=context_mats, d_context=6) if context_mats != "none" else {}
-    m = SS2D(d_model=20, d_state=3, gated=gated, **kw).double()  # d_inner 40: two full 16-channel blocks + 8
+    m = SS2D(d_model=20, d_state=d_state, gated=gated, **kw).double()  # d_inner 40: two 16-channel blocks + 8
     _randomise(m)
     x = torch.randn(2, 5, 7, 20, dtype=torch.float64, requires_grad=True)
     ctx = torch.randn(2, 5, 7, 6, dtype=torch.float64, requires_grad=True) if context_mats != "none" else None
-    grads = []
-    for impl in ("torch", "fused"):
-        m.scan_impl = impl
-        out = m(x, ctx)
-        inputs = [x] + ([ctx] if ctx is not None else []) + list(m.parameters())
-        grads.append([out.detach(), *torch.autograd.grad(out.square().sum(), inputs)])
+    grads = [_ss2d_outputs_and_grads(m, x, ctx, impl) for impl in ("torch", "fused")]
     for g_torch, g_fused in zip(*grads):
         torch.testing.assert_close(g_fused, g_torch, rtol=1e-9, atol=1e-10)
+
+
+@pytest.mark.parametrize("d_state", [3, 16])
+def test_ss2d_fused_float32_agrees_with_float64(d_state):
+    """float32 kernels (16 lanes, polynomial exp) within 1e-4 of the float64 unfolding path, output and gradients,
+    on a map long enough for several chunks per direction."""
+    torch.manual_seed(0)
+    m = SS2D(d_model=24, d_state=d_state)
+    _randomise(m)
+    x = torch.randn(2, 9, 11, 24)
+    ref = _ss2d_outputs_and_grads(m.double(), x.double().requires_grad_(), None, "torch")
+    got = _ss2d_outputs_and_grads(m.float(), x.requires_grad_(), None, "fused")
+    for name, g, r in zip(["out", "x", *(n for n, _ in m.named_parameters())], got, ref):
+        err = (g.double() - r).abs().max() / r.abs().max()
+        assert err < 1e-4, f"{name}: relative error {err:.1e}"
 
 
 def _official_scan_flops(B: int, L: int, D: int, N: int) -> float:
