@@ -60,6 +60,9 @@ class _Args(ctypes.Structure):
         *((name, ctypes.c_void_p) for name in ("u", "delta", "bias", "A", "B", "C", "D", "z", "y", "ckpt", "last")),
         *((name, ctypes.c_void_p) for name in ("dy", "dlast", "du", "ddelta", "dz", "dA", "dD", "dbias", "dB", "dC")),
         ("pos", ctypes.c_void_p),
+        ("rank", ctypes.c_int64),
+        ("dtw", ctypes.c_void_p),
+        ("ddtw", ctypes.c_void_p),
         *((f"l{name}", _Layout) for name in _VIEWS),
     ]
 
@@ -184,7 +187,7 @@ def _run(lib: ctypes.CDLL, args: _Args, backward: bool) -> None:
         raise MemoryError("selective_scan: the fused kernel could not allocate its work buffers")
 
 
-_INPUTS = ("u", "delta", "bias", "A", "B", "C", "D", "z")
+_INPUTS = ("u", "delta", "bias", "A", "B", "C", "D", "z", "dtw")
 
 
 def _args(inputs: tuple, ckpts: list[Tensor], pos: Tensor | None, **fields) -> tuple[_Args, object]:
@@ -224,10 +227,15 @@ class _FusedScan(torch.autograd.Function):
     time axis, or is None. ``y`` and the gradients of ``u``/``delta`` take ``delta``'s layout when it is dense.
 
     Merged form (``u: (b, 1, r, l)`` with g > 1, no ``z``): every group scans the same ``u`` and ``y: (b, 1, r, l)``
-    is the sum of the groups' outputs, added up by the kernels in ``u``'s layout (no per-group copies)."""
+    is the sum of the groups' outputs, added up by the kernels in ``u``'s layout (no per-group copies).
+
+    Low-rank step sizes (``dt_weight: (g*r, R)``): ``delta: (b, g, R, l)`` holds factors, and channel c's step size
+    is ``dt_weight[c] @ delta[:, group, :, t]``, computed by the kernels and never stored; ``y`` and ``du`` then take
+    ``u``'s layout."""
 
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, pos, delta_softplus, return_last_state, keep_states):
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, pos, delta_softplus, return_last_state, keep_states,
+                dt_weight):
         ctype = torch.float64 if u.dtype == torch.float64 else torch.float32
         lib = _library(ctype == torch.float64)
         lanes = lib.scan_lanes()
@@ -236,26 +244,26 @@ class _FusedScan(torch.autograd.Function):
             return None if t is None else t.to(ctype).contiguous() if dense else t.to(ctype)
 
         inputs = (prep(u), prep(delta), prep(delta_bias, True), prep(A, True), prep(B), prep(C), prep(D, True),
-                  prep(z))  # in _INPUTS order; fmt: skip
+                  prep(z), prep(dt_weight, True))  # in _INPUTS order; fmt: skip
         uc = inputs[0]
-        (b, g, r, l), n = inputs[1].shape, A.shape[1]
-        merge = uc.shape[1] != g
+        (b, _, r, l), g, n = uc.shape, B.shape[1], A.shape[1]
+        merge, rank = uc.shape[1] != g, 0 if dt_weight is None else dt_weight.shape[1]
         nblk = -(-r // lanes)
         per, _ = _blocks_per_task(nblk, b, 1 if merge else g)
         # Chunk-start states, one tensor per batch element: each stays under glibc's 32 MB mmap threshold, so its
         # memory is reused from the heap instead of page-faulted in afresh on every call at large batch sizes.
         ckpts = [uc.new_empty(-(-l // lanes) if keep_states else 0, n, g * r) for _ in range(b)]
-        y, last = _like(uc if merge else inputs[1]), uc.new_empty(b, g * r, n)
+        y, last = _like(uc if merge or rank else inputs[1]), uc.new_empty(b, g * r, n)
         shared = (lambda t: t.expand(b, g, r, l)) if merge else (lambda t: t)  # the kernels' view: sg = 0
         args, _ckpt_array = _args(
             (shared(uc), *inputs[1:]), ckpts, pos, nblk=nblk, per=per, softplus=bool(delta_softplus),
-            has_z=z is not None, keep=bool(keep_states), merge=merge, y=shared(y), last=last,
+            has_z=z is not None, keep=bool(keep_states), merge=merge, rank=rank, y=shared(y), last=last,
         )  # fmt: skip
         _run(lib, args, backward=False)
         ctx.save_for_backward(*(t for t in inputs if t is not None), *ckpts)
         ctx.given = [t is not None for t in inputs]
         ctx.pos, ctx.softplus, ctx.nblk, ctx.merge = pos, bool(delta_softplus), nblk, merge
-        ctx.like = [None if t is None else t.dtype for t in (u, delta, A, B, C, D, z, delta_bias)]
+        ctx.like = [None if t is None else t.dtype for t in (u, delta, A, B, C, D, z, delta_bias, dt_weight)]
         y = y.to(u.dtype)
         return (y, last) if return_last_state else y
 
@@ -264,37 +272,51 @@ class _FusedScan(torch.autograd.Function):
         saved = iter(ctx.saved_tensors)
         inputs = tuple(next(saved) if given else None for given in ctx.given)
         ckpts = list(saved)
-        uc, deltac, _, Ac, Bc, _, _, zc = inputs  # in _INPUTS order
+        uc, deltac, _, Ac, Bc, _, _, zc, dtwc = inputs  # in _INPUTS order
         lib = _library(uc.dtype == torch.float64)
-        (b, g, r, l), n, nblk, merge = deltac.shape, Ac.shape[1], ctx.nblk, ctx.merge
+        (b, _, r, l), g, n, nblk, merge = uc.shape, Bc.shape[1], Ac.shape[1], ctx.nblk, ctx.merge
+        rank = 0 if dtwc is None else dtwc.shape[1]
         shared = (lambda t: t.expand(b, g, r, l)) if merge else (lambda t: t)  # the kernels' view: sg = 0
         glast = uc.new_zeros(b, g * r, n) if dlast is None else dlast.to(uc.dtype).contiguous()
-        du, ddelta = _like(uc if merge else deltac), _like(deltac)
+        du = _like(uc if merge or rank else deltac)
         dz = None if zc is None else _like(zc)
         dA, dD, dbias = uc.new_empty(b, g * r, n), uc.new_empty(b, g * r), uc.new_empty(b, g * r)
         per, parts = _blocks_per_task(nblk, b, 1 if merge else g)
-        # dB, dC as (b, g * parts, n, l): time-major like B when B is, else token-major (b, l, g * parts, n).
-        if Bc.stride(-1) == 1:
-            dB, dC = uc.new_empty(b, g * parts, n, l), uc.new_empty(b, g * parts, n, l)
-        else:
-            dB, dC = (uc.new_empty(b, l, g * parts, n).permute(0, 2, 3, 1) for _ in range(2))
+        dB, dC = _row_sums_like(Bc, parts), _row_sums_like(Bc, parts)
+        ddelta = _row_sums_like(deltac, parts) if rank else _like(deltac)
+        ddtw = uc.new_empty(b, g * r, rank) if rank else None
         args, _ckpt_array = _args(
             (shared(uc), *inputs[1:]), ckpts, ctx.pos, nblk=nblk, per=per, softplus=ctx.softplus,
-            has_z=zc is not None, keep=1, merge=merge, dy=shared(dy.to(uc.dtype)), dlast=glast, du=shared(du),
-            ddelta=ddelta, dz=dz, dA=dA, dD=dD, dbias=dbias, dB=dB, dC=dC,
+            has_z=zc is not None, keep=1, merge=merge, rank=rank, dy=shared(dy.to(uc.dtype)), dlast=glast,
+            du=shared(du), ddelta=ddelta, dz=dz, dA=dA, dD=dD, dbias=dbias, dB=dB, dC=dC, ddtw=ddtw,
         )  # fmt: skip
+
+        def rows(t: Tensor) -> Tensor:  # (b, g * parts, ., l) partial sums -> (b, g, ., l)
+            return t if parts == 1 else t.unflatten(1, (g, parts)).sum(2)
+
         _run(lib, args, backward=True)
         grads = (
             du,
-            ddelta,
+            rows(ddelta) if rank else ddelta,
             dA.sum(0),
-            dB if parts == 1 else dB.unflatten(1, (g, parts)).sum(2),
-            dC if parts == 1 else dC.unflatten(1, (g, parts)).sum(2),
+            rows(dB),
+            rows(dC),
             dD.sum(0),
             dz,
             dbias.sum(0),
+            None if ddtw is None else ddtw.sum(0),
         )
-        return *(None if dt is None else gr.to(dt) for gr, dt in zip(grads, ctx.like)), None, None, None, None
+        grads = [None if dt is None else gr.to(dt) for gr, dt in zip(grads, ctx.like)]
+        return *grads[:8], None, None, None, None, grads[8]
+
+
+def _row_sums_like(t: Tensor, parts: int) -> Tensor:
+    """Rows ``(b, g * parts, m, l)`` for the kernels' per-part sums of a ``(b, g, m, l)`` input's gradient (dB, dC,
+    step-size factors): time-major when ``t`` is, else token-major ``(b, l, g * parts, m)`` permuted."""
+    b, g, m, l = t.shape
+    if t.stride(-1) == 1:
+        return t.new_empty(b, g * parts, m, l)
+    return t.new_empty(b, l, g * parts, m).permute(0, 2, 3, 1)
 
 
 def _keep_states(*inputs: Tensor | None) -> bool:
@@ -310,15 +332,16 @@ def fused_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_
     u4, delta4, z4 = (None if t is None else t.reshape(b, g, d // g, l) for t in (u, delta, z))
     B4, C4 = (B, C) if grouped else (B[:, None], C[:, None])
     keep = _keep_states(u, delta, A, B, C, D, z, delta_bias)
-    out = _FusedScan.apply(u4, delta4, A, B4, C4, D, z4, delta_bias, None, delta_softplus, return_last_state, keep)
+    out = _FusedScan.apply(u4, delta4, A, B4, C4, D, z4, delta_bias, None, delta_softplus, return_last_state, keep,
+                           None)
     y, last = out if return_last_state else (out, None)
     y = y.reshape(b, d, l)
     return (y, last) if return_last_state else y
 
 
-def fused_grouped_scan(u, delta, A, B, C, D, delta_bias, pos, delta_softplus):
+def fused_grouped_scan(u, delta, A, B, C, D, delta_bias, pos, delta_softplus, dt_weight=None):
     """The kernels on grouped strided views with a position table (see ``_FusedScan``, also for the merged form
     ``u: (b, 1, r, l)``, which SS2D's four directions use to read one token-major map in four orders and sum their
-    outputs on it). Returns y ``(b, g, r, l)``, or ``(b, 1, r, l)`` merged."""
-    keep = _keep_states(u, delta, A, B, C, D, delta_bias)
-    return _FusedScan.apply(u, delta, A, B, C, D, None, delta_bias, pos, delta_softplus, False, keep)
+    outputs on it, and for low-rank step sizes). Returns y ``(b, g, r, l)``, or ``(b, 1, r, l)`` merged."""
+    keep = _keep_states(u, delta, A, B, C, D, delta_bias, dt_weight)
+    return _FusedScan.apply(u, delta, A, B, C, D, None, delta_bias, pos, delta_softplus, False, keep, dt_weight)

@@ -64,6 +64,12 @@ typedef struct {
     const real *dy, *dlast;
     real *du, *ddelta, *dz, *dA, *dD, *dbias, *dB, *dC;
     const int64_t *pos; /* (g, l) time step -> position, or NULL for the identity */
+    /* rank R > 0: delta holds the low-rank factors of the step sizes, (b, g, R, l) with R in place of the channels,
+     * and the step size of channel c is sum_j dtw[c R + j] * factor j; ddelta then receives the factors' gradient
+     * as rows (b, g * nparts, R, l) like dB, and ddtw (b, d, R) the weights' gradient per batch element. */
+    int64_t rank;
+    const real *dtw;
+    real *ddtw;
     layout lu, ldelta, lz, ly, ldy, ldu, lddelta, ldz, lB, lC, ldB, ldC;
 } scan_args;
 
@@ -307,11 +313,37 @@ static inline vec channel_lanes(const real *p, const task_t *tk) {
     return p ? load_lanes(p + tk->c0, 1, tk->nv) : vsplat(0);
 }
 
+/* Where a block's step sizes (before bias) come from: its tile of delta, or with rank R > 0 its R weight vectors W
+ * (lanes = the block's channels) times the factors of each step, element j of step t at
+ * factors.p[j * factors.sc + P(t) * factors.sl]. */
+typedef struct {
+    view tile;
+    int64_t rank;
+    const vec *W;
+    view factors;
+} delta_source;
+
+/* A chunk's step sizes before bias, time-major (zero past tn); Ft receives the factor rows of its steps. */
+INLINE void chunk_deltas(const delta_source *src, const task_t *tk, int64_t t0, int tn, const real **Ft,
+                         vec *restrict xt) {
+    if (!src->rank) {
+        load_tile(src->tile, t0, tk->nv, tn, xt);
+        return;
+    }
+    chunk_rows(src->factors, t0, tn, Ft);
+    for (int t = 0; t < VL; ++t) {
+        vec x = vsplat(0);
+        for (int64_t j = 0; t < tn && j < src->rank; ++j) x += src->W[j] * Ft[t][j * src->factors.sc];
+        xt[t] = x;
+    }
+}
+
 /* dt and dt * u of a chunk, time-major; x = delta + bias is kept for the softplus derivative. */
-INLINE void chunk_inputs(int softplus, view u, view delta, const task_t *tk, int64_t t0, int tn, vec bias,
-                         vec *restrict ut, vec *restrict xt, vec *restrict dt, vec *restrict dut) {
+INLINE void chunk_inputs(int softplus, view u, const delta_source *delta, const task_t *tk, int64_t t0, int tn,
+                         vec bias, const real **Ft, vec *restrict ut, vec *restrict xt, vec *restrict dt,
+                         vec *restrict dut) {
     load_tile(u, t0, tk->nv, tn, ut);
-    load_tile(delta, t0, tk->nv, tn, xt);
+    chunk_deltas(delta, tk, t0, tn, Ft, xt);
     for (int t = 0; t < VL; ++t) {
         xt[t] += bias;
         dt[t] = softplus ? vsoftplus(xt[t]) : xt[t];
@@ -408,12 +440,16 @@ static void store_steps(vec v, view dst, int64_t t0, int tn) {
         for (int t = 0; t < tn; ++t) dst.p[P(dst.pos, t0 + t) * dst.sl] = v[t];
 }
 
-/* dB[k, t0 + t] and dC[k, t0 + t] for t < tn: the sums over lanes of Pb[k VL + t] and Pc[k VL + t] (overwritten). */
-static void store_lane_sums(int64_t n, int64_t t0, int tn, vec *restrict Pb, vec *restrict Pc, view dB, view dC) {
-    for (int64_t k = 0; k < n; ++k) {
-        store_steps(rowsums(Pb + k * VL), (view){dB.p + k * dB.sc, dB.sc, dB.sl, dB.pos}, t0, tn);
-        store_steps(rowsums(Pc + k * VL), (view){dC.p + k * dC.sc, dC.sc, dC.sl, dC.pos}, t0, tn);
-    }
+/* dst[k, t0 + t] for k < rows, t < tn: the sum over lanes of P[k VL + t] (overwritten); for dB, dC and the
+ * step-size factors' gradient. */
+static void store_lane_sums(int64_t rows, int64_t t0, int tn, vec *restrict P, view dst) {
+    for (int64_t k = 0; k < rows; ++k)
+        store_steps(rowsums(P + k * VL), (view){dst.p + k * dst.sc, dst.sc, dst.sl, dst.pos}, t0, tn);
+}
+
+/* The block's R weight vectors of the step sizes (lanes = channels) into W. */
+static void load_delta_weights(const scan_args *a, const task_t *tk, vec *W) {
+    for (int64_t j = 0; j < a->rank; ++j) W[j] = load_lanes(a->dtw + tk->c0 * a->rank + j, a->rank, tk->nv);
 }
 
 /* Number of tasks per (batch, group): parts of ``per`` channel blocks, the last one possibly shorter. */
@@ -439,12 +475,25 @@ static task_range task_range_of(const scan_args *a, int64_t task) {
     return r;
 }
 
+/* The block's source of step sizes (see delta_source); with a rank, its weight vectors are loaded into W. */
+static delta_source delta_source_of(const scan_args *a, const task_t *tk, vec *W) {
+    delta_source src = {{0}, a->rank, W, {0}};
+    if (a->rank) {
+        load_delta_weights(a, tk, W);
+        src.factors = row_view(a, a->delta, &a->ldelta, tk->bi, tk->gi, tk->gi);
+    } else {
+        src.tile = block_view(a, a->delta, &a->ldelta, tk);
+    }
+    return src;
+}
+
 /* Per-block state of a forward task. */
 typedef struct {
     task_t tk;
     vec *A2, *h; /* n vectors each */
     vec bias, D;
-    view u, delta, z, y; /* the block's windows (z: u when there is no gate) */
+    view u, z, y; /* the block's windows (z: u when there is no gate) */
+    delta_source delta;
 } fwd_block;
 
 /* Forward of the channel blocks [blk0, blk0 + nb) of group gi in batch element bi, all blocks advancing chunk by
@@ -452,7 +501,8 @@ typedef struct {
  * y is added to (the groups share it). */
 static int fwd_group(const scan_args *a, int64_t bi, int64_t gi, int64_t blk0, int64_t nb, int add) {
     const int64_t n = a->n, l = a->l, d = a->d;
-    vec *ws = aligned_alloc(64, sizeof(vec) * (2 * nb * n + 5 * VL + VL * n));
+    const int64_t R = a->rank;
+    vec *ws = aligned_alloc(64, sizeof(vec) * (2 * nb * n + 5 * VL + VL * n + nb * R));
     fwd_block *fb = aligned_alloc(64, sizeof(fwd_block) * nb); /* holds vectors: 64-byte aligned */
     if (!ws || !fb) {
         free(ws);
@@ -461,7 +511,7 @@ static int fwd_group(const scan_args *a, int64_t bi, int64_t gi, int64_t blk0, i
     }
     vec *ut = ws + 2 * nb * n, *xt = ut + VL, *dt = xt + VL, *dut = dt + VL, *yt = dut + VL, *As = yt + VL;
     const view Bv = row_view(a, a->B, &a->lB, bi, gi, gi), Cv = row_view(a, a->C, &a->lC, bi, gi, gi);
-    const real *Bt[VL], *Ct[VL];
+    const real *Bt[VL], *Ct[VL], *Ft[VL];
     for (int64_t i = 0; i < nb; ++i) {
         fwd_block *f = &fb[i];
         f->tk = block_of(a, bi, gi, blk0 + i);
@@ -469,7 +519,7 @@ static int fwd_group(const scan_args *a, int64_t bi, int64_t gi, int64_t blk0, i
         f->bias = channel_lanes(a->bias, &f->tk);
         f->D = channel_lanes(a->D, &f->tk);
         f->u = block_view(a, a->u, &a->lu, &f->tk);
-        f->delta = block_view(a, a->delta, &a->ldelta, &f->tk);
+        f->delta = delta_source_of(a, &f->tk, As + VL * n + i * R);
         f->z = a->has_z ? block_view(a, a->z, &a->lz, &f->tk) : f->u;
         f->y = block_view(a, a->y, &a->ly, &f->tk);
         for (int64_t k = 0; k < n; ++k) {
@@ -489,11 +539,11 @@ static int fwd_group(const scan_args *a, int64_t bi, int64_t gi, int64_t blk0, i
                     store_lanes(a->ckpt[bi] + (t0 / VL * n + k) * d + tk->c0, 1, tk->nv, f->h[k]);
             if (t0 + VL < l) {
                 prefetch_tile(f->u, t0 + VL, l, tk->nv, 0);
-                prefetch_tile(f->delta, t0 + VL, l, tk->nv, 0);
+                if (!R) prefetch_tile(f->delta.tile, t0 + VL, l, tk->nv, 0);
                 if (a->has_z) prefetch_tile(f->z, t0 + VL, l, tk->nv, 0);
                 prefetch_tile(f->y, t0 + VL, l, tk->nv, 1);
             }
-            chunk_inputs((int)a->softplus, f->u, f->delta, tk, t0, tn, f->bias, ut, xt, dt, dut);
+            chunk_inputs((int)a->softplus, f->u, &f->delta, tk, t0, tn, f->bias, Ft, ut, xt, dt, dut);
             WITH_FIXED_SHAPE(scan_chunk, n, Bv.sc, Cv.sc, tn, Bt, Ct, f->A2, dt, dut, f->h, As, yt);
             for (int t = 0; t < VL; ++t) yt[t] += f->D * ut[t];
             if (a->has_z) {
@@ -524,13 +574,15 @@ static int fwd_task(const scan_args *a, int64_t task) {
 typedef struct {
     task_t tk;
     vec *A2, *Av, *G, *dA; /* n vectors each */
+    vec *dW;               /* rank vectors: the gradient of the step-size weights (delta.W) */
     vec bias, D, dD, dbias;
-    view u, delta, z, dy, du, ddelta, dz; /* the block's windows (z, dz: u when there is no gate) */
+    view u, z, dy, du, ddelta, dz; /* the block's windows (z, dz: u when there is no gate; ddelta: unused with a rank) */
+    delta_source delta;
 } block_state;
 
 /* Chunk work space shared by the blocks of a backward task. */
 typedef struct {
-    vec *Hs, *As, *Pb, *Pc;                             /* (VL + 1) n, VL n, n VL, n VL vectors */
+    vec *Hs, *As, *Pb, *Pc, *Pf;                        /* (VL + 1) n, VL n, n VL, n VL, rank VL vectors */
     vec *ut, *xt, *dt, *dut, *gt, *ys, *zt, *ddt, *ddu; /* VL vectors each */
     view B, C;                                          /* the task's (batch, group) rows of B and C */
 } chunk_space;
@@ -542,15 +594,15 @@ static void bwd_chunk(const scan_args *a, block_state *bs, int64_t ci, const chu
     const int64_t n = a->n, l = a->l, d = a->d, t0 = ci * VL;
     const int tn = (int)(l - t0 < VL ? l - t0 : VL);
     vec *ut = cs->ut, *xt = cs->xt, *dt = cs->dt, *dut = cs->dut, *gt = cs->gt, *ys = cs->ys, *zt = cs->zt;
-    const real *Bt[VL], *Ct[VL];
+    const real *Bt[VL], *Ct[VL], *Ft[VL];
     if (ci > 0) {
-        const view in[] = {bs->u, bs->delta, bs->dy, bs->z}, out[] = {bs->du, bs->ddelta};
-        for (int i = 0; i < 4; ++i) prefetch_tile(in[i], t0 - VL, l, tk->nv, 0);
-        for (int i = 0; i < 2; ++i) prefetch_tile(out[i], t0 - VL, l, tk->nv, 1);
+        const view in[] = {bs->u, bs->dy, bs->z, bs->delta.tile}, out[] = {bs->du, bs->ddelta};
+        for (int i = 0; i < (a->rank ? 3 : 4); ++i) prefetch_tile(in[i], t0 - VL, l, tk->nv, 0);
+        for (int i = 0; i < (a->rank ? 1 : 2); ++i) prefetch_tile(out[i], t0 - VL, l, tk->nv, 1);
         for (int64_t k = 0; k < n; ++k) prefetch(a->ckpt[tk->bi] + ((ci - 1) * n + k) * d + tk->c0, 0);
     }
     for (int64_t k = 0; k < n; ++k) cs->Hs[k] = load_lanes(a->ckpt[tk->bi] + (ci * n + k) * d + tk->c0, 1, tk->nv);
-    chunk_inputs((int)a->softplus, bs->u, bs->delta, tk, t0, tn, bs->bias, ut, xt, dt, dut);
+    chunk_inputs((int)a->softplus, bs->u, &bs->delta, tk, t0, tn, bs->bias, Ft, ut, xt, dt, dut);
     chunk_rows(cs->B, t0, tn, Bt);
     chunk_rows(cs->C, t0, tn, Ct);
     WITH_FIXED_SHAPE(recompute_chunk, n, cs->B.sc, cs->C.sc, tn, Bt, Ct, bs->A2, dt, dut, cs->Hs, cs->As,
@@ -575,7 +627,15 @@ static void bwd_chunk(const scan_args *a, block_state *bs, int64_t ci, const chu
         bs->dbias += cs->ddt[t];
     }
     store_tile(cs->ddu, bs->du, t0, tk->nv, tn, add);
-    store_tile(cs->ddt, bs->ddelta, t0, tk->nv, tn, 0);
+    if (!a->rank) {
+        store_tile(cs->ddt, bs->ddelta, t0, tk->nv, tn, 0);
+        return;
+    }
+    for (int t = 0; t < tn; ++t) /* factors: per-lane terms, summed over the lanes per chunk; weights: per lane */
+        for (int64_t j = 0; j < a->rank; ++j) {
+            cs->Pf[j * VL + t] += bs->delta.W[j] * cs->ddt[t];
+            bs->dW[j] += cs->ddt[t] * Ft[t][j * bs->delta.factors.sc];
+        }
 }
 
 /* Backward of the channel blocks [blk0, blk0 + nb) of part ``part`` of group gi in batch element bi, all blocks
@@ -584,7 +644,8 @@ static void bwd_chunk(const scan_args *a, block_state *bs, int64_t ci, const chu
 static int bwd_group(const scan_args *a, int64_t bi, int64_t gi, int64_t part, int64_t blk0, int64_t nb, int add) {
     const int64_t n = a->n, l = a->l, d = a->d, nchunk = (l + VL - 1) / VL, row = gi * nparts(a) + part;
     const view dB = row_view(a, a->dB, &a->ldB, bi, row, gi), dC = row_view(a, a->dC, &a->ldC, bi, row, gi);
-    vec *ws = aligned_alloc(64, sizeof(vec) * (4 * nb * n + (VL + 1) * n + 3 * VL * n + 9 * VL));
+    const int64_t R = a->rank;
+    vec *ws = aligned_alloc(64, sizeof(vec) * (4 * nb * n + (VL + 1) * n + (3 * n + R) * VL + 9 * VL + 2 * nb * R));
     block_state *bs = aligned_alloc(64, sizeof(block_state) * nb); /* holds vectors: 64-byte aligned */
     if (!ws || !bs) {
         free(ws);
@@ -596,7 +657,8 @@ static int bwd_group(const scan_args *a, int64_t bi, int64_t gi, int64_t part, i
     cs.As = cs.Hs + (VL + 1) * n;
     cs.Pb = cs.As + VL * n;
     cs.Pc = cs.Pb + VL * n;
-    cs.ut = cs.Pc + VL * n;
+    cs.Pf = cs.Pc + VL * n;
+    cs.ut = cs.Pf + VL * R;
     cs.xt = cs.ut + VL, cs.dt = cs.xt + VL, cs.dut = cs.dt + VL, cs.gt = cs.dut + VL, cs.ys = cs.gt + VL;
     cs.zt = cs.ys + VL, cs.ddt = cs.zt + VL, cs.ddu = cs.ddt + VL;
     cs.B = row_view(a, a->B, &a->lB, bi, gi, gi);
@@ -609,10 +671,12 @@ static int bwd_group(const scan_args *a, int64_t bi, int64_t gi, int64_t part, i
         b->D = channel_lanes(a->D, &b->tk);
         b->dD = b->dbias = vsplat(0);
         b->u = block_view(a, a->u, &a->lu, &b->tk);
-        b->delta = block_view(a, a->delta, &a->ldelta, &b->tk);
+        b->delta = delta_source_of(a, &b->tk, cs.ddu + VL + 2 * i * R);
+        b->dW = cs.ddu + VL + (2 * i + 1) * R;
+        for (int64_t j = 0; j < R; ++j) b->dW[j] = vsplat(0);
         b->dy = block_view(a, a->dy, &a->ldy, &b->tk);
         b->du = block_view(a, a->du, &a->ldu, &b->tk);
-        b->ddelta = block_view(a, a->ddelta, &a->lddelta, &b->tk);
+        b->ddelta = R ? b->u : block_view(a, a->ddelta, &a->lddelta, &b->tk);
         b->z = a->has_z ? block_view(a, a->z, &a->lz, &b->tk) : b->u;
         b->dz = a->has_z ? block_view(a, a->dz, &a->ldz, &b->tk) : b->u;
         for (int64_t k = 0; k < n; ++k) {
@@ -624,15 +688,19 @@ static int bwd_group(const scan_args *a, int64_t bi, int64_t gi, int64_t part, i
     }
     for (int64_t ci = nchunk - 1; ci >= 0; --ci) {
         const int64_t t0 = ci * VL;
-        for (int64_t i = 0; i < 2 * n * VL; ++i) cs.Pb[i] = vsplat(0); /* Pb and Pc */
+        const int tn = (int)(l - t0 < VL ? l - t0 : VL);
+        for (int64_t i = 0; i < (2 * n + R) * VL; ++i) cs.Pb[i] = vsplat(0); /* Pb, Pc and Pf */
         for (int64_t i = 0; i < nb; ++i) bwd_chunk(a, &bs[i], ci, &cs, add);
-        store_lane_sums(n, t0, (int)(l - t0 < VL ? l - t0 : VL), cs.Pb, cs.Pc, dB, dC);
+        store_lane_sums(n, t0, tn, cs.Pb, dB);
+        store_lane_sums(n, t0, tn, cs.Pc, dC);
+        if (R) store_lane_sums(R, t0, tn, cs.Pf, row_view(a, a->ddelta, &a->lddelta, bi, row, gi));
     }
     for (int64_t i = 0; i < nb; ++i) {
         const task_t *tk = &bs[i].tk;
         for (int64_t k = 0; k < n; ++k) store_lanes(a->dA + (tk->bi * d + tk->c0) * n + k, n, tk->nv, bs[i].dA[k]);
         store_lanes(a->dD + tk->bi * d + tk->c0, 1, tk->nv, bs[i].dD);
         store_lanes(a->dbias + tk->bi * d + tk->c0, 1, tk->nv, bs[i].dbias);
+        for (int64_t j = 0; j < R; ++j) store_lanes(a->ddtw + (tk->bi * d + tk->c0) * R + j, R, tk->nv, bs[i].dW[j]);
     }
     free(ws);
     free(bs);

@@ -144,7 +144,8 @@ def direction_positions(H: int, W: int, K: int = 4) -> Tensor:
 
 def cross_selective_scan(
     x: Tensor,
-    deltas: Tensor,
+    dt_raw: Tensor,
+    dt_weight: Tensor,
     A: Tensor,
     Bs: Tensor,
     Cs: Tensor,
@@ -157,14 +158,18 @@ def cross_selective_scan(
     """SS2D's scan on a channels-last map: a selective scan along each direction, mapped back and summed.
 
     Equals ``cross_merge(selective_scan(cross_scan(x), unfolded deltas, A, unfolded Bs, Cs, Ds, ...))`` for K = 4
-    (one plain row-major scan for K = 1). Step sizes and B/C are given per grid position, as per-token projections
-    produce them: direction k reads position ``direction_positions(H, W, K)[k, t]`` at step t.
+    (one plain row-major scan for K = 1), with the step sizes of direction k ``deltas[k] = dt_raw[..., k, :] @
+    dt_weight[k].T`` (SS2D's low-rank Δ projection). Step sizes and B/C are given per grid position, as per-token
+    projections produce them: direction k reads position ``direction_positions(H, W, K)[k, t]`` at step t. On CPU
+    the fused kernels read the map and the Δ factors in place and form the step sizes themselves, so neither the
+    unfolded sequences nor the ``(K, b, H, W, d)`` step sizes are ever stored.
 
     Args:
         x: Scan input ``(b, H, W, d)``, shared by the directions.
-        deltas: Step sizes ``(K, b, H, W, d)`` before bias and softplus.
+        dt_raw: Step-size factors ``(b, H, W, K, R)`` (any strides, e.g. a view of a projection's output).
+        dt_weight: Step-size projections ``(K, d, R)``.
         A: ``(K*d, n)``, real.
-        Bs: Input matrices ``(b, H, W, K, n)`` (any strides, e.g. a view of a projection's output).
+        Bs: Input matrices ``(b, H, W, K, n)`` (any strides).
         Cs: Output matrices, like ``Bs``.
         Ds: Skip weights ``(K*d,)``.
         delta_bias: ``(K*d,)``, added to the step sizes before the softplus.
@@ -175,35 +180,35 @@ def cross_selective_scan(
         ``(b, H, W, d)`` in float32 (float64 for float64 ``x``).
 
     Raises:
-        ValueError: A shape does not fit ``x`` and ``deltas``, or K is not 1 or 4.
+        ValueError: A shape does not fit ``x`` and ``dt_weight``, or K is not 1 or 4.
     """
-    if x.dim() != 4 or deltas.dim() != 5 or deltas.shape[1:] != x.shape or deltas.shape[0] not in (1, 4):
+    if x.dim() != 4 or dt_weight.dim() != 3 or dt_weight.shape[1] != x.shape[-1] or dt_weight.shape[0] not in (1, 4):
         raise ValueError(
-            f"cross_selective_scan: x must be (b, H, W, d) and deltas (K, b, H, W, d) with K 1 or 4, got "
-            f"{tuple(x.shape)} and {tuple(deltas.shape)}"
+            f"cross_selective_scan: x must be (b, H, W, d) and dt_weight (K, d, R) with K 1 or 4, got "
+            f"{tuple(x.shape)} and {tuple(dt_weight.shape)}"
         )
-    K, b, H, W, d = deltas.shape
+    (b, H, W, d), (K, _, R) = x.shape, dt_weight.shape
     n, L = A.shape[-1], H * W
-    for name, t in (("Bs", Bs), ("Cs", Cs)):
-        if tuple(t.shape) != (b, H, W, K, n):
-            raise ValueError(f"cross_selective_scan: {name} must be (b, H, W, K, n) = {(b, H, W, K, n)}, got "
-                             f"{tuple(t.shape)}")  # fmt: skip
+    for name, t, last in (("dt_raw", dt_raw, R), ("Bs", Bs, n), ("Cs", Cs, n)):
+        if tuple(t.shape) != (b, H, W, K, last):
+            raise ValueError(f"cross_selective_scan: {name} must be (b, H, W, K, {last}) = {(b, H, W, K, last)}, "
+                             f"got {tuple(t.shape)}")  # fmt: skip
     f = torch.promote_types(x.dtype, torch.float32)
     pos = direction_positions(H, W, K)
-    Bseq, Cseq = (t.to(f).flatten(1, 2).permute(0, 2, 3, 1) for t in (Bs, Cs))  # (b, K, n, L), grid order
+    # (b, K, m, L) views in grid order
+    Fseq, Bseq, Cseq = (t.to(f).flatten(1, 2).permute(0, 2, 3, 1) for t in (dt_raw, Bs, Cs))
     if resolve_impl(impl, x) == "fused":
         from mmdiag.ops._scan_cpu import fused_grouped_scan
 
         u = x.to(f).reshape(b, 1, L, d).transpose(2, 3)  # (b, 1, d, L): every direction reads the map
         y = fused_grouped_scan(
-            u, deltas.to(f).reshape(K, b, L, d).permute(1, 0, 3, 2), A, Bseq, Cseq, Ds, delta_bias, pos,
-            delta_softplus,
-        )  # fmt: skip
+            u, Fseq, A, Bseq, Cseq, Ds, delta_bias, pos, delta_softplus, dt_weight.to(f).reshape(K * d, R)
+        )
         return y.transpose(2, 3).reshape(b, H, W, d)  # the directions' sum, in x's layout: no copy
     pos = pos.to(x.device)
     u = cross_scan(x.permute(0, 3, 1, 2)) if K == 4 else x.reshape(b, 1, L, d).transpose(2, 3)
-    dts = torch.stack([deltas[k].reshape(b, L, d)[:, pos[k]].transpose(1, 2) for k in range(K)], 1)
-    Bseq, Cseq = (torch.stack([t[:, k][..., pos[k]] for k in range(K)], 1) for t in (Bseq, Cseq))
+    dts = torch.einsum("bkrl,kdr->bkdl", Fseq, dt_weight.to(f))  # (b, K, d, L), grid order
+    dts, Bseq, Cseq = (torch.stack([t[:, k][..., pos[k]] for k in range(K)], 1) for t in (dts, Bseq, Cseq))
     ys = selective_scan(
         u.reshape(b, K * d, L), dts.reshape(b, K * d, L), A, Bseq, Cseq, Ds, delta_bias=delta_bias,
         delta_softplus=delta_softplus, impl=impl,

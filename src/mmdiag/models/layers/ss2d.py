@@ -49,7 +49,8 @@ def project_and_scan(
     Each direction k has its own projections: ``x_proj_weight[k]`` maps a token to ``[Δ_raw (R), B (N), C (N)]``
     (B and/or C rows are absent when given through ``Bs`` / ``Cs``), and ``Δ = dt_projs_weight[k] @ Δ_raw``; the
     bias and softplus are applied inside the scan. The projections are per token, so they are computed on the map
-    (one matmul for all directions) and :func:`mmdiag.ops.cross_selective_scan` reads each direction's order. The
+    (one matmul for all directions) and :func:`mmdiag.ops.cross_selective_scan` reads each direction's order; it
+    also applies ``dt_projs_weight`` (inside the fused CPU kernels, so Δ is never stored). The
     scan runs in at least float32 with ``A = -exp(A_logs)`` and skip ``Ds``.
 
     Args:
@@ -69,7 +70,6 @@ def project_and_scan(
     Raises:
         ValueError: ``x_proj_weight`` has the wrong number of rows for the supplied ``Bs`` / ``Cs``.
     """
-    b, H, W, d = x.shape
     k, n, r = x_proj_weight.shape[0], A_logs.shape[1], dt_projs_weight.shape[2]
     sizes = [r] + [n] * ((Bs is None) + (Cs is None))
     if x_proj_weight.shape[1] != sum(sizes):
@@ -77,15 +77,14 @@ def project_and_scan(
             f"project_and_scan: x_proj_weight has {x_proj_weight.shape[1]} rows, expected dt_rank {r} + {n} per "
             f"matrix not supplied (Bs given: {Bs is not None}, Cs given: {Cs is not None}) = {sum(sizes)}"
         )
-    parts = list(F.linear(x, x_proj_weight.flatten(0, 1)).unflatten(-1, (k, -1)).split(sizes, dim=-1))
-    dt_raw = parts.pop(0).permute(3, 0, 1, 2, 4).reshape(k, b * H * W, r)
-    deltas = torch.bmm(dt_raw, dt_projs_weight.transpose(1, 2)).view(k, b, H, W, d)
+    dt_raw, *parts = F.linear(x, x_proj_weight.flatten(0, 1)).unflatten(-1, (k, -1)).split(sizes, dim=-1)
     Bs = parts.pop(0) if Bs is None else Bs
     Cs = parts.pop(0) if Cs is None else Cs
     f = torch.promote_types(x.dtype, torch.float32)
     return cross_selective_scan(
-        x, deltas, -torch.exp(A_logs.to(f)), Bs, Cs, Ds.to(f), dt_projs_bias.to(f).reshape(-1), impl=impl
-    )
+        x, dt_raw, dt_projs_weight, -torch.exp(A_logs.to(f)), Bs, Cs, Ds.to(f), dt_projs_bias.to(f).reshape(-1),
+        impl=impl,
+    )  # fmt: skip
 
 
 def scan_macs(channels: int, length: int, d_state: int) -> int:
