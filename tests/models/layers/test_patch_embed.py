@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from mmdiag.models.layers.patch_embed import PatchEmbed
+from mmdiag.models.layers.patch_embed import PatchEmbed, PatchMerging
 
 
 @pytest.mark.parametrize("dims,fmts", [(2, ("NHWC", "NCHW", "NLC")), (3, ("NDHWC", "NCDHW", "NLC"))])
@@ -28,3 +28,19 @@ def test_errors_name_the_shape():
         PatchEmbed(4, 3, 16, output_fmt="NHWC", spatial_dims=3)
     with pytest.raises(ValueError, match="8x6 is not divisible"):
         PatchEmbed(4, 3, 16)(torch.rand(1, 3, 8, 6))
+
+
+@pytest.mark.parametrize("hw", [(6, 4), (7, 5)])
+def test_patch_merging_neighbour_order_and_gradient(hw):
+    """Neighbours (even row, even col), (odd, even), (even, odd), (odd, odd) along channels, as Swin/VMamba slice
+    them; an odd H or W drops the last row/column; the input gradient matches the slicing form's."""
+    torch.manual_seed(0)
+    m = PatchMerging(3, norm_layer=torch.nn.Identity)
+    x = torch.randn(2, *hw, 3, requires_grad=True)
+    H, W = hw[0] // 2 * 2, hw[1] // 2 * 2
+    xs = x[:, :H, :W]
+    ref = torch.cat([xs[:, 0::2, 0::2], xs[:, 1::2, 0::2], xs[:, 0::2, 1::2], xs[:, 1::2, 1::2]], dim=-1)
+    out, expected = m(x), m.reduction(ref)
+    torch.testing.assert_close(out, expected)
+    g = torch.randn_like(out)
+    torch.testing.assert_close(torch.autograd.grad(out, x, g)[0], torch.autograd.grad(expected, x, g)[0])
