@@ -26,6 +26,7 @@ BATCH = 8
 SIZE = 224
 WARMUP = 1  # untimed steps before each timed series (after the scan kernels are warmed up once, see _warm_scan)
 STEPS = 3  # at most this many timed steps per series; the median is reported
+PAIRS = 5  # MedMamba-T / ResNet-50 training steps taken in turn for the paired ratio
 SERIES_BUDGET_S = 15.0  # stop a series early once its timed steps took this long (at least one step is timed)
 # A MedMamba-B or ResNet-50 training step takes 5-27 s on the 2 shared cores here; the budget keeps the whole run
 # near 3 minutes on an idle machine and under ~6 under heavy load.
@@ -114,8 +115,8 @@ def _median_seconds(step: Callable[[], None]) -> tuple[float, int]:
     return statistics.median(times), len(times)
 
 
-def _timings(build: Callable[[int], nn.Module]) -> tuple[tuple[float, int], tuple[float, int]]:
-    """(training step, inference batch) as (median seconds, timed steps) at batch 8, 224², 1000 classes."""
+def _training(build: Callable[[int], nn.Module]) -> tuple[nn.Module, Callable[[], None]]:
+    """A model (1000 classes, train mode) and one AdamW training step of it on a fixed random batch of 8 at 224²."""
     torch.manual_seed(0)
     model = build(1000).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-4)
@@ -127,6 +128,14 @@ def _timings(build: Callable[[int], nn.Module]) -> tuple[tuple[float, int], tupl
         F.cross_entropy(model(x), y).backward()
         opt.step()
 
+    return model, train_step
+
+
+def _timings(build: Callable[[int], nn.Module]) -> tuple[tuple[float, int], tuple[float, int]]:
+    """(training step, inference batch) as (median seconds, timed steps) at batch 8, 224², 1000 classes."""
+    model, train_step = _training(build)
+    x = torch.randn(BATCH, 3, SIZE, SIZE)
+
     def infer_step() -> None:
         with torch.inference_mode():
             model(x)
@@ -134,9 +143,26 @@ def _timings(build: Callable[[int], nn.Module]) -> tuple[tuple[float, int], tupl
     train_s = _median_seconds(train_step)
     model.eval()
     infer_s = _median_seconds(infer_step)
-    del model, opt
+    del model, train_step
     gc.collect()
     return train_s, infer_s
+
+
+def _paired_ratio() -> dict:
+    """MedMamba-T's and ResNet-50's training steps taken in turn, PAIRS times after one warm-up step each, so that
+    both see the same load: medians and the median of the per-pair time ratios."""
+    steps = [_training(_medmamba("t"))[1], _training(_monai_resnet50)[1]]
+    for step in steps:
+        step()
+    times: list[list[float]] = [[], []]
+    for _ in range(PAIRS):
+        for series, step in zip(times, steps):
+            start = time.perf_counter()
+            step()
+            series.append(time.perf_counter() - start)
+    ratios = [t / r for t, r in zip(*times)]
+    return {"pair": True, "medmamba_s": statistics.median(times[0]), "resnet_s": statistics.median(times[1]),
+            "ratio": statistics.median(ratios), "min_ratio": min(ratios), "max_ratio": max(ratios)}
 
 
 def run() -> list[dict]:
@@ -153,6 +179,8 @@ def run() -> list[dict]:
                      "MACs conv+linear (G)": conv_linear / 1e9, "MACs with scan (G)": total / 1e9,
                      "train step (s, batch 8)": train_s, "train images/s": BATCH / train_s,
                      "inference images/s": BATCH / infer_s, "timed steps (train/inference)": f"{train_n}/{infer_n}"})
+    log.info("bench_medmamba: MedMamba-T and ResNet-50 in turn")
+    rows.append(_paired_ratio())
     rows.append({"note": f"threads={torch.get_num_threads()}, 1-min load average {load_start:.1f} at start and "
                          f"{os.getloadavg()[0]:.1f} at end"})
     return rows
@@ -160,6 +188,7 @@ def run() -> list[dict]:
 
 def to_markdown(rows: list[dict]) -> str:
     models = [r for r in rows if "model" in r]
+    pairs = [r for r in rows if "pair" in r]
     notes = [r["note"] for r in rows if "note" in r]
     lines = ["| model | params (1000 cls) | params (7 cls) | MACs conv+linear (G) | MACs with scan (G) | "
              "train step (s, batch 8) | train images/s | inference images/s | timed steps (train/inference) |",
@@ -182,8 +211,12 @@ def to_markdown(rows: list[dict]) -> str:
     lines += [f"Run: {n}." for n in notes]
     train = {r["model"]: r["train step (s, batch 8)"] for r in models}
     if "MedMamba-T" in train and RESNET in train:
-        lines.append(f"MedMamba-T / ResNet-50 training-step time in this run: "
-                     f"{train['MedMamba-T'] / train[RESNET]:.2f}x.")
+        lines.append(f"MedMamba-T / ResNet-50 training-step time from the table (series measured one after the "
+                     f"other, so load changes between them move it): {train['MedMamba-T'] / train[RESNET]:.2f}x.")
+    for p in pairs:
+        lines.append(f"Paired ({PAIRS} steps of each, taken in turn so that both see the same load): MedMamba-T "
+                     f"{p['medmamba_s']:.2f} s, ResNet-50 {p['resnet_s']:.2f} s per training step (medians); "
+                     f"per-pair ratio median **{p['ratio']:.2f}x** (range {p['min_ratio']:.2f}-{p['max_ratio']:.2f}).")
     return "\n".join(lines)
 
 
