@@ -24,6 +24,8 @@
  *   recomputes the chunk's states and decays into small buffers and runs the adjoint recurrence backwards through
  *   them; the blocks' dB/dC terms are accumulated per lane and summed over the lanes once per chunk (a shuffle
  *   reduction of VL vectors at once).
+ * - With a rank R (SS2D), delta holds the step sizes' low-rank factors and the kernels form each block's step sizes
+ *   from them and its R weight vectors; the backward returns the factors' and the weights' gradients instead.
  * - A chunk's decays are computed before its recurrence (they do not depend on the state), and the chunk code is
  *   inlined and, for n = 16 with contiguous B/C rows (SS2D), compiled with those constants (WITH_FIXED_SHAPE).
  * - Tasks run on the OpenMP threads of the runtime torch loaded (see scan_run).
@@ -510,6 +512,7 @@ static int fwd_group(const scan_args *a, int64_t bi, int64_t gi, int64_t blk0, i
         return -1;
     }
     vec *ut = ws + 2 * nb * n, *xt = ut + VL, *dt = xt + VL, *dut = dt + VL, *yt = dut + VL, *As = yt + VL;
+    vec *weights = As + VL * n; /* per block: R step-size weight vectors */
     const view Bv = row_view(a, a->B, &a->lB, bi, gi, gi), Cv = row_view(a, a->C, &a->lC, bi, gi, gi);
     const real *Bt[VL], *Ct[VL], *Ft[VL];
     for (int64_t i = 0; i < nb; ++i) {
@@ -519,7 +522,7 @@ static int fwd_group(const scan_args *a, int64_t bi, int64_t gi, int64_t blk0, i
         f->bias = channel_lanes(a->bias, &f->tk);
         f->D = channel_lanes(a->D, &f->tk);
         f->u = block_view(a, a->u, &a->lu, &f->tk);
-        f->delta = delta_source_of(a, &f->tk, As + VL * n + i * R);
+        f->delta = delta_source_of(a, &f->tk, weights + i * R);
         f->z = a->has_z ? block_view(a, a->z, &a->lz, &f->tk) : f->u;
         f->y = block_view(a, a->y, &a->ly, &f->tk);
         for (int64_t k = 0; k < n; ++k) {
@@ -661,6 +664,7 @@ static int bwd_group(const scan_args *a, int64_t bi, int64_t gi, int64_t part, i
     cs.ut = cs.Pf + VL * R;
     cs.xt = cs.ut + VL, cs.dt = cs.xt + VL, cs.dut = cs.dt + VL, cs.gt = cs.dut + VL, cs.ys = cs.gt + VL;
     cs.zt = cs.ys + VL, cs.ddt = cs.zt + VL, cs.ddu = cs.ddt + VL;
+    vec *weights = cs.ddu + VL; /* per block: R step-size weight vectors, then their R gradient vectors */
     cs.B = row_view(a, a->B, &a->lB, bi, gi, gi);
     cs.C = row_view(a, a->C, &a->lC, bi, gi, gi);
     for (int64_t i = 0; i < nb; ++i) {
@@ -671,8 +675,8 @@ static int bwd_group(const scan_args *a, int64_t bi, int64_t gi, int64_t part, i
         b->D = channel_lanes(a->D, &b->tk);
         b->dD = b->dbias = vsplat(0);
         b->u = block_view(a, a->u, &a->lu, &b->tk);
-        b->delta = delta_source_of(a, &b->tk, cs.ddu + VL + 2 * i * R);
-        b->dW = cs.ddu + VL + (2 * i + 1) * R;
+        b->delta = delta_source_of(a, &b->tk, weights + 2 * i * R);
+        b->dW = weights + (2 * i + 1) * R;
         for (int64_t j = 0; j < R; ++j) b->dW[j] = vsplat(0);
         b->dy = block_view(a, a->dy, &a->ldy, &b->tk);
         b->du = block_view(a, a->du, &a->ldu, &b->tk);

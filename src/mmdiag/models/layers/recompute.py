@@ -12,8 +12,8 @@ choices below hold for all of them:
   ViT-S/14 (two 224² views, batch 8, one CPU training step) held about 0.3 GB of tensors beyond its weights, yet the
   heap grew by 4 GB of free but resident memory. With the fixed threshold an allocation of at least
   :data:`MMAP_THRESHOLD` bytes that no free heap chunk fits gets its own mapping, unmapped when the tensor is freed
-  (and the heap stops growing for them), so the resident memory follows what PyTorch holds. The price is a page fault per fresh page of such tensors; docs/benchmarks.md ("EI and the
-  Table 3 baselines") gives both figures.
+  (and the heap stops growing for them), so the resident memory follows what PyTorch holds. The price is a page
+  fault per fresh page of such tensors; docs/benchmarks.md ("EI and the Table 3 baselines") gives both figures.
 """
 
 from __future__ import annotations
